@@ -1,0 +1,136 @@
+//! One browser session: started with the project's Chromium flags and a fresh profile,
+//! and always torn down completely (WebDriver quit, then any process still using the
+//! profile killed, then the profile removed).
+
+use crate::error::BrowserError;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, LoggingPrefsLogLevel, WebDriver};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than any wait a spec may ask for; waits end themselves page-side.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(11 * 60);
+
+const CHROMIUM_FLAGS: [&str; 8] = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--password-store=basic",
+];
+
+/// How to start a browser: which one, headed or not, window size.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionOptions {
+    pub browser: String,
+    pub headless: bool,
+    pub window: (u32, u32),
+}
+
+pub(crate) struct Session {
+    pub driver: WebDriver,
+    pub version: String,
+    /// Where the page's viewport sits on the X screen, measured once per session.
+    pub viewport_offset: Option<(i32, i32)>,
+    profile: Option<PathBuf>,
+}
+
+impl Session {
+    pub(crate) async fn start(driver_url: &str, options: &SessionOptions) -> Result<Self, BrowserError> {
+        let start_err = |e: thirtyfour::error::WebDriverError| BrowserError::SessionStart(e.to_string());
+        let (caps, profile): (thirtyfour::Capabilities, Option<PathBuf>) = if options.browser == "firefox" {
+            let mut caps = DesiredCapabilities::firefox();
+            if options.headless {
+                caps.add_arg("-headless").map_err(start_err)?;
+            }
+            (caps.into(), None)
+        } else {
+            let profile = new_profile_dir()?;
+            let mut caps = DesiredCapabilities::chrome();
+            for flag in CHROMIUM_FLAGS {
+                caps.add_arg(flag).map_err(start_err)?;
+            }
+            if options.headless {
+                caps.add_arg("--headless=new").map_err(start_err)?;
+            }
+            caps.add_arg(&format!("--window-size={},{}", options.window.0, options.window.1)).map_err(start_err)?;
+            caps.add_arg(&format!("--user-data-dir={}", profile.display())).map_err(start_err)?;
+            // A fresh profile's new-tab page reaches for a search engine and can stall the
+            // first command for seconds offline: start on about:blank instead.
+            caps.add_experimental_option(
+                "prefs",
+                serde_json::json!({"session.restore_on_startup": 4, "session.startup_urls": ["about:blank"]}),
+            )
+            .map_err(start_err)?;
+            caps.set_browser_log_level(LoggingPrefsLogLevel::Severe).map_err(start_err)?;
+            (caps.into(), Some(profile))
+        };
+        let started = tokio::time::timeout(START_TIMEOUT, WebDriver::new(driver_url, caps)).await;
+        let driver = match started {
+            Ok(Ok(d)) => d,
+            failed => {
+                if let Some(p) = &profile {
+                    remove_profile(p);
+                }
+                return Err(match failed {
+                    Ok(Err(e)) => BrowserError::SessionStart(e.to_string()),
+                    _ => BrowserError::SessionStart(format!("no session after {}s", START_TIMEOUT.as_secs())),
+                });
+            }
+        };
+        let version = driver
+            .handle()
+            .capabilities()
+            .get("browserVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let session = Self { driver, version, viewport_offset: None, profile };
+        if let Err(e) = session.driver.set_script_timeout(SCRIPT_TIMEOUT).await {
+            session.close().await;
+            return Err(BrowserError::SessionStart(e.to_string()));
+        }
+        Ok(session)
+    }
+
+    /// Quits the session and makes sure nothing of it is left running or on disk.
+    pub(crate) async fn close(self) {
+        match tokio::time::timeout(QUIT_TIMEOUT, self.driver.quit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "WebDriver quit failed; killing the browser"),
+            Err(_) => tracing::warn!("WebDriver quit timed out; killing the browser"),
+        }
+        if let Some(profile) = self.profile {
+            let killed = crate::process::kill_processes_mentioning(&profile);
+            if killed > 0 {
+                tracing::info!(killed, "killed browser processes left by the session");
+            }
+            remove_profile(&profile);
+        }
+    }
+}
+
+/// Profiles are named `baton-browser-<agent pid>-<n>` under the temp dir, so a test (or an
+/// operator) can tell which processes belong to which agent.
+fn new_profile_dir() -> Result<PathBuf, BrowserError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{}{}-{n}", profile_prefix(), std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BrowserError::io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+pub(crate) fn profile_prefix() -> &'static str {
+    "baton-browser-"
+}
+
+fn remove_profile(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::debug!(error = %e, dir = %dir.display(), "could not remove the browser profile");
+    }
+}

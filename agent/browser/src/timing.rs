@@ -1,0 +1,269 @@
+//! Timing read from the browser itself: the page-side scripts, their parsing, and the
+//! summary statistics across repeats.
+
+use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming};
+use serde::Deserialize;
+
+/// Reads the current document's navigation, paint, LCP and resource entries. Waits
+/// (page-side, event driven) for the load event's end and for the first contentful
+/// paint, up to 2 s, since both may come after WebDriver's navigation returns.
+pub(crate) const PAGE_TIMING_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const started = performance.now();
+let lcp = 0;
+let lcpObserver = null;
+try {
+  lcpObserver = new PerformanceObserver(l => { for (const e of l.getEntries()) lcp = Math.max(lcp, e.startTime); });
+  lcpObserver.observe({ type: 'largest-contentful-paint', buffered: true });
+} catch (_) {}
+function paint(name) { const e = performance.getEntriesByName(name, 'paint')[0]; return e ? e.startTime : 0; }
+function finish() {
+  if (lcpObserver) { for (const e of lcpObserver.takeRecords()) lcp = Math.max(lcp, e.startTime); lcpObserver.disconnect(); }
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = performance.getEntriesByType('resource');
+  let bytes = nav ? nav.transferSize : 0;
+  for (const r of res) bytes += r.transferSize || 0;
+  done({ nav: nav ? nav.toJSON() : null, firstPaint: paint('first-paint'), firstContentfulPaint: paint('first-contentful-paint'),
+         largestContentfulPaint: lcp, resourceCount: res.length, transferBytes: bytes, url: location.href });
+}
+function ready() {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const loaded = !nav || nav.loadEventEnd > 0;
+  return loaded && (paint('first-contentful-paint') > 0 || performance.now() - started > 2000);
+}
+(function poll() { if (ready()) finish(); else setTimeout(poll, 2); })();
+"#;
+
+/// Arms the page to stamp the first input event of the next action (in sessionStorage,
+/// so the stamp survives a same-origin navigation the action causes).
+pub(crate) const ARM_INPUT_STAMP_JS: &str = r#"
+try { sessionStorage.removeItem('__batonInputAt'); } catch (_) {}
+if (!window.__batonArmed) {
+  window.__batonArmed = true;
+  for (const type of ['pointerdown', 'mousedown', 'keydown', 'beforeinput', 'click', 'submit']) {
+    addEventListener(type, e => {
+      try { if (!sessionStorage.getItem('__batonInputAt')) sessionStorage.setItem('__batonInputAt', String(performance.timeOrigin + e.timeStamp)); } catch (_) {}
+    }, true);
+  }
+}
+"#;
+
+/// Waits page-side for a condition, checking on every DOM mutation and every 5 ms; the
+/// moment it holds is stamped with the browser's clock. Arguments: kind, argument,
+/// locator kind, timeout in ms.
+pub(crate) const WAIT_JS: &str = r#"
+const [kind, arg, by, timeoutMs] = arguments;
+const done = arguments[arguments.length - 1];
+let lastError = null;
+function find(by, value) {
+  switch (by) {
+    case 'css': return document.querySelector(value);
+    case 'xpath': return document.evaluate(value, document, null, XPathResult.FIRST_ORDERED_NODE_TYPE, null).singleNodeValue;
+    case 'id': return document.getElementById(value);
+    case 'name': return document.getElementsByName(value)[0] || null;
+    case 'linkText': return Array.from(document.links).find(a => a.innerText.trim() === value) || null;
+  }
+  return null;
+}
+function visible(el) {
+  if (!el || !el.isConnected) return false;
+  const s = getComputedStyle(el);
+  return el.getClientRects().length > 0 && s.visibility !== 'hidden' && s.display !== 'none';
+}
+function holds() {
+  try {
+    switch (kind) {
+      case 'visible': return visible(find(by, arg));
+      case 'clickable': { const el = find(by, arg); return visible(el) && !el.disabled; }
+      case 'textPresent': return !!document.body && document.body.innerText.includes(arg);
+      case 'urlMatches': return new RegExp(arg).test(location.href);
+      case 'js': return !!(0, eval)(arg);
+    }
+  } catch (e) { lastError = String(e); }
+  return false;
+}
+let observer = null, interval = null, timer = null, finished = false;
+function finish(met) {
+  if (finished) return;
+  finished = true;
+  const at = performance.timeOrigin + performance.now();
+  if (observer) observer.disconnect();
+  clearInterval(interval); clearTimeout(timer);
+  let input = null;
+  try { input = Number(sessionStorage.getItem('__batonInputAt')) || null; } catch (_) {}
+  done({ met, at, input, lastError, url: location.href });
+}
+if (holds()) { finish(true); } else {
+  observer = new MutationObserver(() => { if (holds()) finish(true); });
+  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  interval = setInterval(() => { if (holds()) finish(true); }, 5);
+  timer = setTimeout(() => finish(false), timeoutMs);
+}
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WaitOutcome {
+    pub met: bool,
+    /// Browser clock (ms since the epoch, high resolution) when the condition held.
+    pub at: f64,
+    /// Browser clock of the action's first input event, when the page saw one.
+    pub input: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RawPageTiming {
+    nav: Option<RawNavigation>,
+    first_paint: f64,
+    first_contentful_paint: f64,
+    largest_contentful_paint: f64,
+    resource_count: u32,
+    transfer_bytes: f64,
+    url: String,
+}
+
+/// The fields of PerformanceNavigationTiming we use (ms from navigation start).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawNavigation {
+    redirect_start: f64,
+    redirect_end: f64,
+    domain_lookup_start: f64,
+    domain_lookup_end: f64,
+    connect_start: f64,
+    connect_end: f64,
+    secure_connection_start: f64,
+    response_start: f64,
+    response_end: f64,
+    dom_content_loaded_event_end: f64,
+    load_event_end: f64,
+}
+
+impl RawPageTiming {
+    pub(crate) fn into_page_timing(self) -> PageTiming {
+        let n = self.nav.unwrap_or_default();
+        let span = |a: f64, b: f64| if a > 0.0 && b >= a { b - a } else { 0.0 };
+        PageTiming {
+            url: self.url,
+            redirect_ms: span(n.redirect_start, n.redirect_end),
+            dns_ms: span(n.domain_lookup_start, n.domain_lookup_end),
+            connect_ms: span(n.connect_start, n.connect_end),
+            tls_ms: span(n.secure_connection_start, n.connect_end),
+            ttfb_ms: n.response_start,
+            response_ms: span(n.response_start, n.response_end),
+            dom_content_loaded_ms: n.dom_content_loaded_event_end,
+            load_ms: n.load_event_end,
+            first_paint_ms: self.first_paint,
+            first_contentful_paint_ms: self.first_contentful_paint,
+            largest_contentful_paint_ms: self.largest_contentful_paint,
+            resource_count: self.resource_count,
+            transfer_bytes: self.transfer_bytes.max(0.0) as u64,
+        }
+    }
+}
+
+/// The named figures of a page timing, as they appear in the summary.
+pub(crate) fn page_figures(p: &PageTiming) -> [(&'static str, f64); 13] {
+    [
+        ("redirectMs", p.redirect_ms),
+        ("dnsMs", p.dns_ms),
+        ("connectMs", p.connect_ms),
+        ("tlsMs", p.tls_ms),
+        ("ttfbMs", p.ttfb_ms),
+        ("responseMs", p.response_ms),
+        ("domContentLoadedMs", p.dom_content_loaded_ms),
+        ("loadMs", p.load_ms),
+        ("firstPaintMs", p.first_paint_ms),
+        ("firstContentfulPaintMs", p.first_contentful_paint_ms),
+        ("largestContentfulPaintMs", p.largest_contentful_paint_ms),
+        ("resourceCount", f64::from(p.resource_count)),
+        ("transferBytes", p.transfer_bytes as f64),
+    ]
+}
+
+/// Every figure of every step across the repeats, plus session start and scenario wall time.
+pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
+    // (step, figure) in first-seen order, so the summary reads like the scenario.
+    let mut order: Vec<(String, &'static str)> = Vec::new();
+    let mut values: std::collections::HashMap<(String, &'static str), Vec<f64>> = Default::default();
+    let mut add = |step: &str, figure: &'static str, v: f64| {
+        let key = (step.to_string(), figure);
+        if !values.contains_key(&key) {
+            order.push(key.clone());
+        }
+        values.entry(key).or_default().push(v);
+    };
+    for rep in &report.repeats {
+        if rep.session_start_ms > 0.0 {
+            add("", "sessionStartMs", rep.session_start_ms);
+        }
+        add("", "scenarioWallMs", rep.scenario_wall_ms);
+        for step in &rep.steps {
+            add(&step.name, "wallMs", step.wall_ms);
+            if let Some(p) = &step.page {
+                for (figure, v) in page_figures(p) {
+                    add(&step.name, figure, v);
+                }
+            }
+            if let Some(i) = &step.interaction {
+                add(&step.name, "interactionBrowserMs", i.browser_ms);
+                add(&step.name, "interactionWallMs", i.wall_ms);
+            }
+        }
+    }
+    order.iter().filter_map(|key| summarize(&key.0, key.1, &values[key])).collect()
+}
+
+/// Median, p90 (linear interpolation between closest ranks), min and max.
+pub(crate) fn summarize(step: &str, figure: &str, values: &[f64]) -> Option<FigureSummary> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some(FigureSummary {
+        step: step.to_string(),
+        figure: figure.to_string(),
+        count: v.len() as u32,
+        median: percentile(&v, 0.5),
+        p90: percentile(&v, 0.9),
+        min: v[0],
+        max: v[v.len() - 1],
+    })
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate() {
+        let s = summarize("open", "loadMs", &[5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.count), (3.0, 1.0, 5.0, 5));
+        assert!((s.p90 - 4.6).abs() < 1e-9);
+        assert!(summarize("x", "y", &[]).is_none());
+    }
+
+    #[test]
+    fn navigation_entry_becomes_page_timing() {
+        let raw: RawPageTiming = serde_json::from_value(serde_json::json!({
+            "nav": {"domainLookupStart": 1.0, "domainLookupEnd": 1.5, "connectStart": 1.5, "connectEnd": 2.0,
+                    "secureConnectionStart": 0, "responseStart": 5.0, "responseEnd": 6.0,
+                    "domContentLoadedEventEnd": 20.0, "loadEventEnd": 30.0},
+            "firstPaint": 25.0, "firstContentfulPaint": 25.0, "largestContentfulPaint": 28.0,
+            "resourceCount": 3, "transferBytes": 1234.0, "url": "http://x/"
+        }))
+        .unwrap();
+        let p = raw.into_page_timing();
+        assert_eq!((p.dns_ms, p.connect_ms, p.tls_ms, p.ttfb_ms, p.response_ms), (0.5, 0.5, 0.0, 5.0, 1.0));
+        assert_eq!((p.dom_content_loaded_ms, p.load_ms, p.transfer_bytes), (20.0, 30.0, 1234));
+    }
+}
