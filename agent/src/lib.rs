@@ -1,0 +1,15 @@
+//! baton's agent.
+//!
+//! Layout: [`probe`] finds what this machine offers; [`executor`] is the small trait every
+//! engine implements, with the built-in `noop` and `sleep` kinds; [`runner`] runs
+//! attempts concurrently up to the agent's slots, each with its cancellation token and
+//! deadline, and keeps finished reports until the coordinator acknowledges them;
+//! [`connection`] holds the ConnectAgent stream open, reconnecting with backoff.
+//!
+//! **Architecture invariant:** the agent never decides a job's fate beyond its own
+//! attempt: it reports, the coordinator records.
+
+pub mod connection;
+pub mod executor;
+pub mod probe;
+pub mod runner;

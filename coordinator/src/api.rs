@@ -1,0 +1,246 @@
+//! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
+
+use crate::core::Coordinator;
+use crate::state::{AgentEntry, StateError};
+use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
+use baton_proto::v1::admin_service_server::AdminService;
+use baton_proto::v1::agent_message::Kind as AgentKind;
+use baton_proto::v1::agent_service_server::AgentService;
+use baton_proto::v1::job_service_server::JobService;
+use baton_proto::v1::{
+    Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Job, JobState,
+    ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobsRequest,
+    SubmitJobsResponse, WatchJobRequest, Welcome, coordinator_message,
+};
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
+use tonic::{Request, Response, Status, Streaming};
+
+pub const MAX_BATCH: usize = 10_000;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+#[derive(Clone)]
+pub struct Api {
+    pub coordinator: Arc<Coordinator>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl From<StateError> for Status {
+    fn from(e: StateError) -> Self {
+        Status::not_found(e.to_string())
+    }
+}
+
+fn invalid(e: SpecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Checks one submit request; `prefix` locates it inside a batch (`jobs[3].`).
+fn check_submit(req: SubmitJobRequest, prefix: &str) -> Result<(baton_proto::v1::JobSpec, String), SpecError> {
+    if req.idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
+        return Err(SpecError::new(
+            format!("{prefix}idempotencyKey"),
+            format!("must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
+        ));
+    }
+    let spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
+    baton_proto::spec::validate(&spec)
+        .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
+    Ok((spec, req.idempotency_key))
+}
+
+fn require_id(id: &str, field: &str) -> Result<(), Status> {
+    if id.is_empty() { Err(Status::invalid_argument(format!("{field}: is required"))) } else { Ok(()) }
+}
+
+/// The caller's W3C trace context, when its metadata carries one.
+fn client_context<T>(req: &Request<T>) -> opentelemetry::Context {
+    let fields: HashMap<String, String> = ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|k| req.metadata().get(*k).and_then(|v| v.to_str().ok()).map(|v| (k.to_string(), v.to_string())))
+        .collect();
+    baton_proto::telemetry::extract(&fields)
+}
+
+#[tonic::async_trait]
+impl JobService for Api {
+    async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
+        let cx = client_context(&req);
+        let one = check_submit(req.into_inner(), "").map_err(invalid)?;
+        let mut jobs = self.coordinator.submit(vec![one], &cx).await;
+        jobs.pop().map(Response::new).ok_or_else(|| Status::internal("submitted job vanished"))
+    }
+
+    async fn submit_jobs(&self, req: Request<SubmitJobsRequest>) -> Result<Response<SubmitJobsResponse>, Status> {
+        let cx = client_context(&req);
+        let jobs = req.into_inner().jobs;
+        if jobs.is_empty() {
+            return Err(Status::invalid_argument("jobs: must not be empty"));
+        }
+        if jobs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("jobs: at most {MAX_BATCH} per call")));
+        }
+        let checked = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| check_submit(r, &format!("jobs[{i}].")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let jobs = self.coordinator.submit(checked, &cx).await;
+        Ok(Response::new(SubmitJobsResponse { jobs }))
+    }
+
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let id = req.into_inner().id;
+        require_id(&id, "id")?;
+        self.coordinator.get(&id).map(Response::new).ok_or_else(|| StateError::JobNotFound(id).into())
+    }
+
+    async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let req = req.into_inner();
+        if req.page_size > MAX_PAGE {
+            return Err(Status::invalid_argument(format!("pageSize: must be at most {MAX_PAGE}")));
+        }
+        let page_size = if req.page_size == 0 { DEFAULT_PAGE } else { req.page_size } as usize;
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("pageToken: must be a nextPageToken returned by ListJobs")
+            })?)
+        };
+        let mut states = Vec::new();
+        for s in &req.states {
+            match JobState::try_from(*s) {
+                Ok(JobState::Unspecified) | Err(_) => {
+                    return Err(Status::invalid_argument(format!("states: {s} is not a job state")));
+                }
+                Ok(state) => states.push(state as i32),
+            }
+        }
+        let labels = req.labels;
+        let keep = |job: &Job| {
+            (states.is_empty() || states.contains(&job.state))
+                && labels.iter().all(|(k, v)| job.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
+        };
+        let (jobs, next) = self.coordinator.list(keep, before, page_size);
+        Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
+    }
+
+    type WatchJobStream = BoxStream<Job>;
+
+    async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = req.into_inner().id;
+        require_id(&id, "id")?;
+        let (job, rx) = self.coordinator.watch(&id).ok_or(StateError::JobNotFound(id))?;
+        let Some(rx) = rx else {
+            return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
+        };
+        // Yields the current version, then each change, and ends after a finished one.
+        let stream = WatchStream::new(rx)
+            .scan(false, |done, job| {
+                let out = (!*done).then(|| Ok(job.clone()));
+                *done = job.state().is_terminal();
+                futures::future::ready(out)
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let req = req.into_inner();
+        require_id(&req.id, "id")?;
+        Ok(Response::new(self.coordinator.cancel(&req.id, &req.reason).await?))
+    }
+}
+
+fn agent_view(a: AgentEntry) -> Agent {
+    Agent {
+        id: a.id,
+        connected: a.connected,
+        draining: a.draining,
+        slots: a.slots,
+        running: a.running.len() as u32,
+        labels: a.labels,
+        capabilities: Some(a.capabilities),
+        connected_at: Some(a.connected_at),
+        last_heartbeat_at: Some(a.last_heartbeat_at),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Api {
+    async fn list_agents(&self, _req: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        let agents = self.coordinator.agents().into_iter().map(agent_view).collect();
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn drain_agent(&self, req: Request<DrainAgentRequest>) -> Result<Response<Agent>, Status> {
+        let id = req.into_inner().agent_id;
+        require_id(&id, "agentId")?;
+        Ok(Response::new(agent_view(self.coordinator.drain(&id)?)))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Api {
+    type ConnectAgentStream = BoxStream<CoordinatorMessage>;
+
+    async fn connect_agent(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectAgentStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(AgentMessage { kind: Some(AgentKind::Hello(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first message on ConnectAgent must be hello")),
+        };
+        if hello.agent_id.is_empty() {
+            return Err(Status::invalid_argument("hello.agentId: is required"));
+        }
+        if hello.slots == 0 {
+            return Err(Status::invalid_argument("hello.slots: must be at least 1"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let welcome = Welcome {
+            heartbeat_interval: Some(baton_proto::job::from_duration(self.coordinator.config.heartbeat_interval)),
+        };
+        // Unbounded is safe here: an agent gets at most one message per slot, cancel or
+        // report, and the stream drains as fast as the agent reads.
+        let _ = tx.send(CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(welcome)) });
+        let agent_id = hello.agent_id.clone();
+        let connection = self.coordinator.agent_connected(&hello, tx);
+        tracing::info!(agent_id = %agent_id, slots = hello.slots, "agent connected");
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => handle_agent_message(&coordinator, &agent_id, msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(agent_id = %agent_id, error = %e, "agent stream broke");
+                        break;
+                    }
+                }
+            }
+            coordinator.agent_gone(&agent_id, connection);
+            tracing::info!(agent_id = %agent_id, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+fn handle_agent_message(coordinator: &Coordinator, agent_id: &str, msg: AgentMessage) {
+    match msg.kind {
+        Some(AgentKind::Heartbeat(_)) | Some(AgentKind::Hello(_)) | None => coordinator.heartbeat(agent_id),
+        Some(AgentKind::Started(s)) => coordinator.started(agent_id, &s.job_id, s.attempt),
+        Some(AgentKind::Progress(p)) => {
+            coordinator.progress(agent_id, &p.job_id, p.attempt, p.progress.unwrap_or_default())
+        }
+        Some(AgentKind::Finished(f)) => coordinator.finished(agent_id, &f),
+    }
+}

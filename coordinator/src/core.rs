@@ -1,0 +1,443 @@
+//! The coordinator's one shared state and its path to durability.
+//!
+//! Every change goes through [`Coordinator::mutate`]: under one short lock the state
+//! machine runs, the scheduler runs, and the changed jobs plus the messages they imply
+//! join the pending batch. One writer task commits each batch in a single store
+//! transaction (group commit) and only then sends the messages, answers the callers and
+//! tells the watchers.
+//!
+//! **Architecture invariant:** nothing leaves the coordinator (reply, assignment, ack,
+//! watch update) about a change before that change is durable. Progress is the one
+//! exception: it is not stored and is forwarded to watchers as it comes.
+
+use crate::state::{Action, AgentEntry, State, StateError};
+use crate::store::Store;
+use baton_proto::job::to_system_time;
+use baton_proto::telemetry::{extract, inject};
+use baton_proto::v1::{
+    Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobFinished, JobSpec, JobState,
+    Progress, coordinator_message,
+};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue, global};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, mpsc, watch};
+
+pub type AgentTx = mpsc::UnboundedSender<CoordinatorMessage>;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// An agent silent for this long is lost; its attempts are retried elsewhere.
+    pub lease: Duration,
+    /// Agents are asked to send a heartbeat this often.
+    pub heartbeat_interval: Duration,
+}
+
+struct AgentLink {
+    connection: u64,
+    tx: AgentTx,
+}
+
+enum Effect {
+    Send(AgentTx, coordinator_message::Kind),
+    Dispatch { tx: AgentTx, job: Job, decided_at: SystemTime },
+}
+
+#[derive(Default)]
+struct Batch {
+    jobs: HashMap<String, Job>,
+    effects: Vec<Effect>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.effects.is_empty()
+    }
+}
+
+struct Inner {
+    state: State,
+    links: HashMap<String, AgentLink>,
+    watchers: HashMap<String, watch::Sender<Job>>,
+    pending: Batch,
+    /// The generation the pending batch will have once committed.
+    pending_generation: u64,
+}
+
+/// A change waiting to become durable: await [`Coordinator::durable`] on it.
+#[must_use]
+pub struct Ticket(Option<u64>);
+
+pub struct Coordinator {
+    inner: Mutex<Inner>,
+    store: Arc<dyn Store>,
+    wake_writer: Notify,
+    committed: watch::Sender<u64>,
+    pub config: Config,
+}
+
+impl Coordinator {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
+        let jobs = store.load_jobs()?;
+        tracing::info!(jobs = jobs.len(), "store loaded");
+        let state = State::restore(jobs, Instant::now());
+        Ok(Arc::new(Self {
+            inner: Mutex::new(Inner {
+                state,
+                links: HashMap::new(),
+                watchers: HashMap::new(),
+                pending: Batch::default(),
+                pending_generation: 1,
+            }),
+            store,
+            wake_writer: Notify::new(),
+            committed: watch::Sender::new(0),
+            config,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the state as the panicking change left
+        // it; the state machine never panics mid-change, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one change and the scheduler under the lock; returns the change's result and
+    /// a ticket for its durability.
+    fn mutate<R>(&self, change: impl FnOnce(&mut State) -> (R, Vec<Action>)) -> (R, Ticket) {
+        let mut inner = self.lock();
+        let (result, mut actions) = change(&mut inner.state);
+        actions.extend(inner.state.schedule());
+        let added = !actions.is_empty();
+        apply(&mut inner, actions);
+        let ticket = Ticket(added.then_some(inner.pending_generation));
+        drop(inner);
+        if added {
+            self.wake_writer.notify_one();
+        }
+        (result, ticket)
+    }
+
+    /// Waits until the ticket's change is in the store.
+    pub async fn durable(&self, ticket: Ticket) {
+        if let Some(generation) = ticket.0 {
+            let mut rx = self.committed.subscribe();
+            // The sender lives as long as self, so wait_for cannot fail here.
+            let _ = rx.wait_for(|g| *g >= generation).await;
+        }
+    }
+
+    /// The group-commit loop: one store transaction per batch, then its effects.
+    pub async fn run_writer(self: Arc<Self>) {
+        loop {
+            self.wake_writer.notified().await;
+            loop {
+                let (batch, generation) = {
+                    let mut inner = self.lock();
+                    if inner.pending.is_empty() {
+                        break;
+                    }
+                    let generation = inner.pending_generation;
+                    inner.pending_generation += 1;
+                    (std::mem::take(&mut inner.pending), generation)
+                };
+                let jobs: Vec<Job> = batch.jobs.into_values().collect();
+                let store = self.store.clone();
+                let committed = tokio::task::spawn_blocking(move || store.commit(&jobs).map(|()| jobs)).await;
+                let jobs = match committed {
+                    Ok(Ok(jobs)) => jobs,
+                    Ok(Err(e)) => fatal(&e.to_string()),
+                    Err(e) => fatal(&e.to_string()),
+                };
+                self.committed.send_replace(generation);
+                for effect in batch.effects {
+                    run_effect(effect);
+                }
+                self.notify_watchers(&jobs);
+            }
+        }
+    }
+
+    fn notify_watchers(&self, jobs: &[Job]) {
+        let mut inner = self.lock();
+        if inner.watchers.is_empty() {
+            return;
+        }
+        for job in jobs {
+            if let Some(w) = inner.watchers.get(&job.id) {
+                w.send_replace(view(&inner.state, job));
+                if job.state().is_terminal() {
+                    inner.watchers.remove(&job.id);
+                }
+            }
+        }
+    }
+
+    /// Checks leases and deadlines; call periodically.
+    pub async fn run_expiry(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let lease = self.config.lease;
+            let _ = self.mutate(|s| ((), s.expire(Instant::now(), lease)));
+        }
+    }
+
+    // ---- jobs -------------------------------------------------------------------------
+
+    /// Accepts validated specs; an idempotency key already seen returns its job. The
+    /// returned jobs are durable.
+    pub async fn submit(&self, requests: Vec<(JobSpec, String)>, client_cx: &Context) -> Vec<Job> {
+        let tracer = global::tracer("baton-coordinator");
+        let mut spans = Vec::new();
+        let (ids, ticket) = self.mutate(|state| {
+            let mut ids = Vec::with_capacity(requests.len());
+            let mut actions = Vec::new();
+            for (mut spec, key) in requests {
+                if let Some(existing) = (!key.is_empty()).then(|| state.job_by_key(&key)).flatten() {
+                    ids.push(existing.id.clone());
+                    continue;
+                }
+                baton_proto::spec::normalize(&mut spec);
+                let id = uuid::Uuid::now_v7().to_string();
+                let span = tracer
+                    .span_builder("baton.v1.JobService/SubmitJob")
+                    .with_kind(SpanKind::Server)
+                    .with_attributes([
+                        KeyValue::new("rpc.system", "grpc"),
+                        KeyValue::new("rpc.service", "baton.v1.JobService"),
+                        KeyValue::new("rpc.method", "SubmitJob"),
+                        KeyValue::new("baton.job.id", id.clone()),
+                        KeyValue::new("baton.job.name", baton_proto::job::display_name(&spec).to_string()),
+                    ])
+                    .start_with_context(&tracer, client_cx);
+                let sc = span.span_context().clone();
+                let (traceparent, trace_id) = if sc.is_valid() {
+                    let cx = Context::new().with_remote_span_context(sc.clone());
+                    let traceparent = inject(&cx).remove("traceparent").unwrap_or_default();
+                    (traceparent, sc.trace_id().to_string())
+                } else {
+                    (String::new(), String::new())
+                };
+                spans.push(span);
+                actions.extend(state.submit(id.clone(), spec, key, traceparent, trace_id));
+                ids.push(id);
+            }
+            (ids, actions)
+        });
+        self.durable(ticket).await;
+        for mut span in spans {
+            span.end();
+        }
+        let inner = self.lock();
+        ids.iter().filter_map(|id| inner.state.job(id)).map(|j| view(&inner.state, j)).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Job> {
+        let inner = self.lock();
+        inner.state.job(id).map(|j| view(&inner.state, j))
+    }
+
+    /// Newest first below `before_seq`; returns the page and the seq to continue below.
+    pub fn list(&self, keep: impl Fn(&Job) -> bool, before_seq: Option<u64>, page_size: usize) -> (Vec<Job>, Option<u64>) {
+        let inner = self.lock();
+        let mut jobs = Vec::with_capacity(page_size.min(1024));
+        let mut next = None;
+        for job in inner.state.jobs_newest_first(before_seq).filter(|j| keep(j)) {
+            if jobs.len() == page_size {
+                next = jobs.last().map(|j: &Job| j.seq);
+                break;
+            }
+            jobs.push(view(&inner.state, job));
+        }
+        (jobs, next)
+    }
+
+    /// The job now, and a receiver of its later versions (none once it is finished).
+    pub fn watch(&self, id: &str) -> Option<(Job, Option<watch::Receiver<Job>>)> {
+        let mut inner = self.lock();
+        let job = view(&inner.state, inner.state.job(id)?);
+        if job.state().is_terminal() {
+            return Some((job, None));
+        }
+        let rx = inner.watchers.entry(id.to_string()).or_insert_with(|| watch::Sender::new(job.clone())).subscribe();
+        Some((job, Some(rx)))
+    }
+
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, StateError> {
+        let (result, ticket) = self.mutate(|s| match s.cancel(id, reason) {
+            Ok(actions) => (Ok(()), actions),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result?;
+        self.durable(ticket).await;
+        self.get(id).ok_or_else(|| StateError::JobNotFound(id.to_string()))
+    }
+
+    // ---- agents -----------------------------------------------------------------------
+
+    /// Registers an agent's stream and applies its hello; returns the connection number
+    /// that [`Self::agent_gone`] needs.
+    pub fn agent_connected(&self, hello: &Hello, tx: AgentTx) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let connection = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The link goes in first so the acks and cancels the hello produces reach it.
+        self.lock().links.insert(hello.agent_id.clone(), AgentLink { connection, tx });
+        let _ = self.mutate(|s| ((), s.hello(hello, Instant::now())));
+        connection
+    }
+
+    pub fn agent_gone(&self, agent_id: &str, connection: u64) {
+        let mut inner = self.lock();
+        if inner.links.get(agent_id).is_some_and(|l| l.connection == connection) {
+            inner.links.remove(agent_id);
+            inner.state.disconnected(agent_id);
+        }
+    }
+
+    pub fn heartbeat(&self, agent_id: &str) {
+        self.lock().state.touch(agent_id, Instant::now());
+    }
+
+    pub fn started(&self, agent_id: &str, job_id: &str, attempt: u32) {
+        let _ = self.mutate(|s| {
+            s.touch(agent_id, Instant::now());
+            ((), s.started(agent_id, job_id, attempt))
+        });
+    }
+
+    pub fn progress(&self, agent_id: &str, job_id: &str, attempt: u32, progress: Progress) {
+        let mut inner = self.lock();
+        inner.state.touch(agent_id, Instant::now());
+        if inner.state.progress(agent_id, job_id, attempt, progress) {
+            if let (Some(w), Some(job)) = (inner.watchers.get(job_id), inner.state.job(job_id)) {
+                w.send_replace(view(&inner.state, job));
+            }
+        }
+    }
+
+    pub fn finished(&self, agent_id: &str, report: &JobFinished) {
+        let _ = self.mutate(|s| {
+            s.touch(agent_id, Instant::now());
+            ((), s.finished(agent_id, report))
+        });
+    }
+
+    pub fn agents(&self) -> Vec<AgentEntry> {
+        let inner = self.lock();
+        let mut agents: Vec<_> = inner.state.agents().cloned().collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        agents
+    }
+
+    pub fn drain(&self, agent_id: &str) -> Result<AgentEntry, StateError> {
+        let mut inner = self.lock();
+        inner.state.drain(agent_id)?;
+        if let Some(link) = inner.links.get(agent_id) {
+            let _ = link.tx.send(message(coordinator_message::Kind::Drain(Default::default())));
+        }
+        inner.state.agent(agent_id).cloned().ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))
+    }
+}
+
+/// The job as clients see it: a queued job no connected agent can run says why.
+fn view(state: &State, job: &Job) -> Job {
+    let mut job = job.clone();
+    if job.state() == JobState::Queued {
+        if let Some(reason) = state.unschedulable_reason(&job) {
+            job.reason = reason;
+        }
+    }
+    job
+}
+
+fn message(kind: coordinator_message::Kind) -> CoordinatorMessage {
+    CoordinatorMessage { kind: Some(kind) }
+}
+
+fn apply(inner: &mut Inner, actions: Vec<Action>) {
+    for action in actions {
+        match action {
+            Action::Persist(id) => {
+                if let Some(job) = inner.state.job(&id) {
+                    inner.pending.jobs.insert(id, job.clone());
+                }
+            }
+            Action::Assign { agent_id, job_id } => {
+                if let (Some(link), Some(job)) = (inner.links.get(&agent_id), inner.state.job(&job_id)) {
+                    inner.pending.effects.push(Effect::Dispatch {
+                        tx: link.tx.clone(),
+                        job: job.clone(),
+                        decided_at: SystemTime::now(),
+                    });
+                }
+            }
+            Action::Cancel { agent_id, job_id, attempt, reason } => {
+                if let Some(link) = inner.links.get(&agent_id) {
+                    let kind = coordinator_message::Kind::Cancel(CancelAssignment { job_id, attempt, reason });
+                    inner.pending.effects.push(Effect::Send(link.tx.clone(), kind));
+                }
+            }
+            Action::Ack { agent_id, job_id, attempt } => {
+                if let Some(link) = inner.links.get(&agent_id) {
+                    let kind = coordinator_message::Kind::Ack(FinishedAck { job_id, attempt });
+                    inner.pending.effects.push(Effect::Send(link.tx.clone(), kind));
+                }
+            }
+        }
+    }
+}
+
+fn run_effect(effect: Effect) {
+    match effect {
+        Effect::Send(tx, kind) => {
+            // A closed link means the agent is gone; its lease settles the rest.
+            let _ = tx.send(message(kind));
+        }
+        Effect::Dispatch { tx, job, decided_at } => {
+            let trace_context = trace_dispatch(&job, decided_at);
+            let assignment = Assignment { job_id: job.id, attempt: job.attempt, spec: job.spec, trace_context };
+            let _ = tx.send(message(coordinator_message::Kind::Assignment(assignment)));
+        }
+    }
+}
+
+/// Records the job's queue wait and dispatch spans under its submit span; returns the
+/// dispatch span's context for the agent.
+fn trace_dispatch(job: &Job, decided_at: SystemTime) -> HashMap<String, String> {
+    if job.traceparent.is_empty() {
+        return HashMap::new();
+    }
+    let parent = extract(&HashMap::from([("traceparent".to_string(), job.traceparent.clone())]));
+    let tracer = global::tracer("baton-coordinator");
+    let attrs = || {
+        vec![
+            KeyValue::new("baton.job.id", job.id.clone()),
+            KeyValue::new("baton.job.attempt", job.attempt as i64),
+            KeyValue::new("baton.agent.id", job.agent_id.clone()),
+        ]
+    };
+    let queued_at = job.submitted_at.as_ref().map(to_system_time).unwrap_or(decided_at);
+    let mut queue = tracer
+        .span_builder("queue")
+        .with_start_time(queued_at)
+        .with_attributes(attrs())
+        .start_with_context(&tracer, &parent);
+    queue.end_with_timestamp(decided_at);
+    let mut dispatch = tracer
+        .span_builder("dispatch")
+        .with_kind(SpanKind::Producer)
+        .with_start_time(decided_at)
+        .with_attributes(attrs())
+        .start_with_context(&tracer, &parent);
+    let cx = Context::new().with_remote_span_context(dispatch.span_context().clone());
+    dispatch.end();
+    inject(&cx)
+}
+
+fn fatal(error: &str) -> ! {
+    tracing::error!(error, "cannot write the store; stopping rather than acknowledge what is not durable");
+    std::process::exit(1)
+}

@@ -1,0 +1,12 @@
+//! baton's coordinator.
+//!
+//! Layout: [`state`] is the job state machine and scheduler (pure); [`store`] keeps job
+//! records durable; [`core`] owns the shared state and the group-commit path from a
+//! change to its effects; [`api`] is the gRPC surface (jobs, agents, admin); [`server`]
+//! wires it together with health and reflection.
+
+pub mod api;
+pub mod core;
+pub mod server;
+pub mod state;
+pub mod store;

@@ -1,0 +1,49 @@
+//! `baton-coordinator --listen ADDR --data-dir DIR`
+
+use anyhow::Context as _;
+use baton_coordinator::core::Config;
+use baton_coordinator::store::RedbStore;
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Hands jobs to agents and keeps every accepted job durable.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// gRPC address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070", env = "BATON_LISTEN")]
+    listen: String,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "baton-data", env = "BATON_DATA_DIR")]
+    data_dir: PathBuf,
+    /// An agent silent this long is lost and its jobs go back to the queue (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_timeout: Duration,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = baton_proto::telemetry::init("baton-coordinator");
+    if args.heartbeat_interval >= args.lease_timeout {
+        anyhow::bail!("--heartbeat-interval must be shorter than --lease-timeout");
+    }
+    let store = RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        baton_proto::telemetry::terminated().await;
+        stop.cancel();
+    });
+    let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval };
+    baton_coordinator::server::serve(listener, Arc::new(store), config, shutdown).await
+}

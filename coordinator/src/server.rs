@@ -1,0 +1,53 @@
+//! Serves the coordinator: JobService, AgentService, AdminService, gRPC health and
+//! server reflection (v1 and v1alpha), until `shutdown` fires.
+
+use crate::api::Api;
+use crate::core::{Config, Coordinator};
+use crate::store::Store;
+use baton_proto::v1::{
+    admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
+    job_service_server::JobServiceServer,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let coordinator = Coordinator::new(store, config)?;
+    tokio::spawn(coordinator.clone().run_writer());
+    tokio::spawn(coordinator.clone().run_expiry());
+    let api = Api { coordinator };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<Api>>().await;
+    health.set_serving::<AgentServiceServer<Api>>().await;
+    health.set_serving::<AdminServiceServer<Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "coordinator listening");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(AgentServiceServer::new(api.clone()))
+        .add_service(AdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything baton's build, demo and tests need on a fresh Debian 12 machine.
+# Idempotent: each step is skipped when its result is already there.
+# Tools land in .tools/ (Go binaries) and .venv/ (Python: libtorch, transformers, selenium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export GOBIN=$ROOT/.tools/bin
+mkdir -p "$GOBIN"
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v Xvfb >/dev/null || need_apt+=(xvfb)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+go_tool() { # name module@version
+  if [ ! -x "$GOBIN/$1" ]; then
+    echo "==> go install $2"
+    go install "$2"
+  fi
+}
+go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+# Jaeger's go.mod has replace directives, so `go install pkg@v` refuses it; build it as a
+# tool of a throw-away module instead.
+if [ ! -x "$GOBIN/jaeger" ]; then
+  echo "==> building jaeger v1.76.0 (Jaeger v2) from the Go module proxy"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && go mod init jaeger-build >/dev/null 2>&1 &&
+   go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v1.76.0 &&
+   go build -o "$GOBIN/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+  rm -rf "$tmp"
+fi
+
+if [ ! -f .venv/.baton-ready ]; then
+  echo "==> python venv .venv (torch 2.11.0, transformers, selenium)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch==2.11.0 transformers safetensors selenium
+  touch .venv/.baton-ready
+fi
+echo "==> tools ready"

@@ -1,0 +1,22 @@
+//! baton's contract between coordinator, agent and CLI.
+//!
+//! Layout: [`v1`] holds the generated `baton.v1` messages and services (with proto3 JSON
+//! through serde), [`spec`] reads spec files and validates specs, [`job`] holds the
+//! small domain helpers every side shares (kind names, terminal states), and
+//! [`context`] is what an engine receives when it runs a job; [`telemetry`] (feature
+//! `telemetry`) sets up logs and OTLP trace export for the binaries.
+
+pub mod context;
+pub mod job;
+pub mod spec;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("baton.v1");
+    include!(concat!(env!("OUT_DIR"), "/baton.v1.serde.rs"));
+}
+
+/// The encoded descriptor set for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");

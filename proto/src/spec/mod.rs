@@ -1,0 +1,211 @@
+//! Spec files and spec validation.
+//!
+//! A spec file is the proto3 JSON of a `SubmitJobRequest` (`{"spec": {...}}`), or the
+//! same in YAML, so one file works with `grpcurl -d @` and with `baton submit`.
+//! Validation names the field as users write it (JSON names) and the rule it broke.
+
+pub mod browser;
+pub mod gpt2;
+
+use crate::job::KIND_NAMES;
+use crate::v1::{Capabilities, JobSpec, SubmitJobRequest, job_spec};
+use std::fmt;
+use std::time::Duration;
+
+/// A spec field that breaks a rule: `spec.sleep.durationMs: must be at most 86400000`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub field: String,
+    pub rule: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.rule)
+    }
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self { field: field.into(), rule: rule.into() }
+    }
+}
+
+pub type Check = Result<(), SpecError>;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 100;
+pub const MAX_SLEEP_MS: u64 = 24 * 3600 * 1000;
+const MAX_NAME_CHARS: usize = 200;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+/// Reads a spec file's text: JSON when it starts with `{`, YAML otherwise.
+pub fn parse_request(text: &str) -> Result<SubmitJobRequest, String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        serde_json::from_str(trimmed).map_err(|e| format!("invalid spec JSON: {e}"))
+    } else {
+        let value: serde_json::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid spec YAML: {e}"))?;
+        serde_json::from_value(value).map_err(|e| format!("invalid spec: {e}"))
+    }
+}
+
+/// Checks a spec before anything is accepted; the error names the field and the rule.
+pub fn validate(spec: &JobSpec) -> Check {
+    if spec.name.chars().count() > MAX_NAME_CHARS {
+        return Err(SpecError::new("spec.name", format!("must be at most {MAX_NAME_CHARS} characters")));
+    }
+    if spec.max_attempts > MAX_ATTEMPTS {
+        return Err(SpecError::new(
+            "spec.maxAttempts",
+            format!("must be between 1 and {MAX_ATTEMPTS} (0 means the default, {DEFAULT_MAX_ATTEMPTS})"),
+        ));
+    }
+    if let Some(t) = &spec.timeout {
+        if t.seconds < 0 || t.nanos < 0 || (t.seconds == 0 && t.nanos == 0) {
+            return Err(SpecError::new("spec.timeout", "must be positive"));
+        }
+        if crate::job::to_duration(t) > MAX_TIMEOUT {
+            return Err(SpecError::new("spec.timeout", "must be at most 7 days (604800s)"));
+        }
+    }
+    validate_labels("spec.labels", &spec.labels)?;
+    if let Some(r) = &spec.requirements {
+        validate_labels("spec.requirements.agentLabels", &r.agent_labels)?;
+    }
+    match &spec.kind {
+        None => Err(SpecError::new(
+            "spec",
+            format!("exactly one job kind is required: one of {}", KIND_NAMES.join(", ")),
+        )),
+        Some(job_spec::Kind::Noop(_)) => Ok(()),
+        Some(job_spec::Kind::Sleep(s)) => {
+            if s.duration_ms > MAX_SLEEP_MS {
+                Err(SpecError::new("spec.sleep.durationMs", format!("must be at most {MAX_SLEEP_MS} (24 h)")))
+            } else {
+                Ok(())
+            }
+        }
+        Some(job_spec::Kind::Gpt2Train(s)) => gpt2::validate_train(s),
+        Some(job_spec::Kind::Gpt2Infer(s)) => gpt2::validate_infer(s),
+        Some(job_spec::Kind::Browser(s)) => browser::validate(s),
+    }
+}
+
+fn validate_labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Check {
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+        if !key_ok {
+            return Err(SpecError::new(
+                format!("{field}[{k:?}]"),
+                "label keys must be 1-63 characters of letters, digits, '.', '_', '-' or '/'",
+            ));
+        }
+        if v.len() > 256 {
+            return Err(SpecError::new(format!("{field}[{k:?}]"), "label values must be at most 256 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// What a job needs from an agent beyond supporting its kind; equal needs match the
+/// same agents.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct AgentNeeds {
+    pub cuda: bool,
+    /// `chrome` or `firefox`; empty when no browser is needed.
+    pub browser: String,
+    pub desktop_input: bool,
+}
+
+pub fn needs(spec: &JobSpec) -> AgentNeeds {
+    match &spec.kind {
+        None | Some(job_spec::Kind::Noop(_)) | Some(job_spec::Kind::Sleep(_)) => AgentNeeds::default(),
+        Some(job_spec::Kind::Gpt2Train(_)) | Some(job_spec::Kind::Gpt2Infer(_)) => AgentNeeds::default(),
+        Some(job_spec::Kind::Browser(_)) => AgentNeeds::default(),
+    }
+}
+
+/// Why an agent with these capabilities cannot run the job's kind-specific needs.
+pub fn agent_mismatch(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
+    let needs = needs(spec);
+    if needs.cuda && caps.cuda_devices.is_empty() {
+        return Some("a CUDA device is required".into());
+    }
+    if !needs.browser.is_empty() && !caps.browsers.iter().any(|b| b.name == needs.browser) {
+        return Some(format!("browser {} is required", needs.browser));
+    }
+    if needs.desktop_input && !caps.desktop_input {
+        return Some("desktop input (an X display, agent started with desktop input enabled) is required".into());
+    }
+    None
+}
+
+/// Fills in the defaults so the stored spec says exactly what runs.
+pub fn normalize(spec: &mut JobSpec) {
+    if spec.max_attempts == 0 {
+        spec.max_attempts = DEFAULT_MAX_ATTEMPTS;
+    }
+    if spec.timeout.is_none() {
+        spec.timeout = Some(crate::job::from_duration(DEFAULT_TIMEOUT));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::SleepSpec;
+
+    fn sleep_spec(ms: u64) -> JobSpec {
+        JobSpec { kind: Some(job_spec::Kind::Sleep(SleepSpec { duration_ms: ms, fail: false })), ..Default::default() }
+    }
+
+    #[test]
+    fn readme_example_parses_as_json_and_yaml() {
+        let json = parse_request(r#"{"spec":{"name":"hello","sleep":{"durationMs":100}}}"#).unwrap();
+        let yaml = parse_request("spec:\n  name: hello\n  sleep:\n    durationMs: 100\n").unwrap();
+        assert_eq!(json, yaml);
+        assert_eq!(json.spec.unwrap(), JobSpec { name: "hello".into(), ..sleep_spec(100) });
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = parse_request(r#"{"spec":{"sleep":{"durationMS":100}}}"#).unwrap_err();
+        assert!(e.contains("durationMS"), "{e}");
+    }
+
+    #[test]
+    fn rules_name_the_field() {
+        let cases: Vec<(JobSpec, &str)> = vec![
+            (JobSpec::default(), "spec: exactly one job kind is required"),
+            (sleep_spec(MAX_SLEEP_MS + 1), "spec.sleep.durationMs: must be at most"),
+            (JobSpec { max_attempts: 101, ..sleep_spec(1) }, "spec.maxAttempts: must be between 1 and 100"),
+            (
+                JobSpec { timeout: Some(pbjson_types::Duration { seconds: 0, nanos: 0 }), ..sleep_spec(1) },
+                "spec.timeout: must be positive",
+            ),
+            (JobSpec { name: "x".repeat(201), ..sleep_spec(1) }, "spec.name: must be at most 200"),
+            (
+                JobSpec { labels: [("bad key".into(), "v".into())].into(), ..sleep_spec(1) },
+                "spec.labels[\"bad key\"]: label keys must be",
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = validate(&spec).unwrap_err().to_string();
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn normalize_fills_defaults() {
+        let mut s = sleep_spec(1);
+        normalize(&mut s);
+        assert_eq!(s.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(crate::job::to_duration(s.timeout.as_ref().unwrap()), DEFAULT_TIMEOUT);
+    }
+}

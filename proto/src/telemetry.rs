@@ -1,0 +1,126 @@
+//! Logs and traces for the coordinator and agent binaries.
+//!
+//! Logs go to stderr (filter with `BATON_LOG`, default `info`). Traces are exported over
+//! OTLP/gRPC only when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise nothing is exported and span
+//! creation costs next to nothing. W3C trace context is the propagator.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::collections::HashMap;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Keeps the exporter alive; dropping it flushes the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn export_enabled() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+}
+
+/// Installs the log subscriber and, when configured, the OTLP trace pipeline. Must be
+/// called inside the Tokio runtime.
+pub fn init(service_name: &'static str) -> Telemetry {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    let provider = if export_enabled() { build_provider(service_name) } else { None };
+    match &provider {
+        Some(p) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service_name))
+                .with_filter(EnvFilter::new("info,h2=off,tonic=off,hyper=off,tower=off"));
+            tracing_subscriber::registry().with(fmt).with(otel).init();
+        }
+        None => tracing_subscriber::registry().with(fmt).init(),
+    }
+    Telemetry { provider }
+}
+
+fn build_provider(service_name: &'static str) -> Option<SdkTracerProvider> {
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("warning: OTLP trace export disabled: {e}");
+            return None;
+        }
+    };
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let host = hostname();
+    let resource = Resource::builder()
+        .with_service_name(service_name)
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("host.name", host),
+        ])
+        .build();
+    let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
+    global::set_tracer_provider(provider.clone());
+    Some(provider)
+}
+
+/// This machine's host name, from the kernel.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) of `cx` as a map.
+pub fn inject(cx: &Context) -> HashMap<String, String> {
+    struct Map<'a>(&'a mut HashMap<String, String>);
+    impl Injector for Map<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_string(), value);
+        }
+    }
+    let mut map = HashMap::new();
+    TraceContextPropagator::new().inject_context(cx, &mut Map(&mut map));
+    map
+}
+
+/// A context whose remote parent is the given W3C trace context.
+pub fn extract(fields: &HashMap<String, String>) -> Context {
+    struct Map<'a>(&'a HashMap<String, String>);
+    impl Extractor for Map<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(String::as_str)
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(String::as_str).collect()
+        }
+    }
+    TraceContextPropagator::new().extract(&Map(fields))
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the binaries' signal to shut down gracefully.
+pub async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
