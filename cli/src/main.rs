@@ -1,1 +1,197 @@
-fn main(){}
+//! `baton`: submit, watch, get, list and cancel jobs; list and drain agents.
+//!
+//! Layout: this file parses the command line and talks gRPC; [`show`] turns messages
+//! into tables, JSON or YAML. Errors print as one line and exit non-zero.
+
+mod show;
+
+use anyhow::{Context as _, anyhow};
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::job_service_client::JobServiceClient;
+use baton_proto::v1::{
+    CancelJobRequest, DrainAgentRequest, GetJobRequest, Job, JobState, ListAgentsRequest, ListJobsRequest,
+    WatchJobRequest,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use show::Output;
+use std::io::Read as _;
+use std::process::ExitCode;
+use tonic::transport::Channel;
+
+/// Measure how long ML and business-process automation work takes, on many machines.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// The coordinator's gRPC URL.
+    #[arg(long, global = true, env = "BATON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// How to print data.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit the job in a spec file (JSON or YAML, `-` for stdin).
+    Submit {
+        file: String,
+        /// Follow the job until it finishes; exit non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Submitting the same key again returns the first job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Follow a job with a progress bar; print it when it finishes.
+    Watch { id: String },
+    /// Show one job.
+    Get { id: String },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (repeatable): queued, assigned, running, succeeded, failed, cancelled.
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// Only jobs with this label (repeatable), key=value.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a job: a queued one at once, a running one through its agent.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List agents and what they offer.
+    Agents,
+    /// Let an agent finish its jobs and take no new ones.
+    Drain { agent_id: String },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// gRPC errors print as `invalid argument: spec.sleep.durationMs: must be ...`.
+fn one_line(e: &anyhow::Error) -> String {
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        let code = format!("{:?}", status.code());
+        let mut words = String::new();
+        for (i, c) in code.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                words.push(' ');
+            }
+            words.push(c.to_ascii_lowercase());
+        }
+        return format!("{words}: {}", status.message());
+    }
+    format!("{e:#}")
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = Output::new(match cli.output {
+        Format::Table => show::Format::Table,
+        Format::Json => show::Format::Json,
+        Format::Yaml => show::Format::Yaml,
+    });
+    let channel = connect(&cli.coordinator).await?;
+    let mut jobs = JobServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    match cli.command {
+        Command::Submit { file, wait, idempotency_key } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).context("reading the spec from stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let mut request = baton_proto::spec::parse_request(&text).map_err(|e| anyhow!("{file}: {e}"))?;
+            if let Some(key) = idempotency_key {
+                request.idempotency_key = key;
+            }
+            let job = jobs.submit_job(request).await?.into_inner();
+            if wait {
+                let job = follow(&mut jobs, job.id, &out).await?;
+                out.job(&job)?;
+                return Ok(exit_for(&job));
+            }
+            out.job(&job)?;
+        }
+        Command::Watch { id } => {
+            let job = follow(&mut jobs, id, &out).await?;
+            out.job(&job)?;
+            return Ok(exit_for(&job));
+        }
+        Command::Get { id } => out.job(&jobs.get_job(GetJobRequest { id }).await?.into_inner())?,
+        Command::List { states, labels, limit } => {
+            let states = states
+                .iter()
+                .map(|s| JobState::parse(s).map(|s| s as i32).ok_or_else(|| anyhow!("--state {s:?} is not a job state: use queued, assigned, running, succeeded, failed or cancelled")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let labels = labels
+                .iter()
+                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("--label {l:?} must look like key=value")))
+                .collect::<anyhow::Result<_>>()?;
+            let page = jobs
+                .list_jobs(ListJobsRequest { states, labels, page_size: limit.clamp(1, 1000), page_token: String::new() })
+                .await?
+                .into_inner();
+            out.jobs(&page.jobs)?;
+        }
+        Command::Cancel { id, reason } => out.job(&jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner())?,
+        Command::Agents => {
+            let agents = AdminServiceClient::new(channel).list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+            out.agents(&agents)?;
+        }
+        Command::Drain { agent_id } => {
+            let agent = AdminServiceClient::new(channel).drain_agent(DrainAgentRequest { agent_id }).await?.into_inner();
+            out.agents(&[agent])?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_for(job: &Job) -> ExitCode {
+    if job.state() == JobState::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Streams the job's changes into a progress bar until it finishes; returns its last version.
+async fn follow(client: &mut JobServiceClient<Channel>, id: String, out: &Output) -> anyhow::Result<Job> {
+    let mut stream = client.watch_job(WatchJobRequest { id: id.clone() }).await?.into_inner();
+    let bar = out.progress_bar();
+    let mut last = None;
+    while let Some(job) = stream.message().await? {
+        show::update_bar(&bar, &job);
+        last = Some(job);
+    }
+    bar.finish_and_clear();
+    last.ok_or_else(|| anyhow!("the coordinator ended the watch of job {id} without sending it"))
+}

@@ -30,9 +30,9 @@ pub enum Action {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StateError {
-    #[error("job {0} not found")]
+    #[error("no job with id {0}")]
     JobNotFound(String),
-    #[error("agent {0} not found")]
+    #[error("no agent with id {0}")]
     AgentNotFound(String),
 }
 

@@ -40,7 +40,11 @@ fn export_enabled() -> bool {
 pub fn init(service_name: &'static str) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_filter(filter);
     let provider = if export_enabled() { build_provider(service_name) } else { None };
     match &provider {
         Some(p) => {
