@@ -14,7 +14,9 @@ pub(crate) fn find_on_path(names: &[&str]) -> Option<PathBuf> {
 /// SIGKILLs a whole process group (a driver started with `process_group(0)` and the
 /// browsers it launched). A group that is already gone is fine.
 pub(crate) fn kill_group(group: u32) {
-    let Ok(group) = i32::try_from(group) else { return };
+    let Ok(group) = i32::try_from(group) else {
+        return;
+    };
     if group <= 1 {
         return;
     }
@@ -31,14 +33,24 @@ pub(crate) fn kill_group(group: u32) {
 pub(crate) fn kill_processes_mentioning(marker: &Path) -> usize {
     let marker = marker.to_string_lossy();
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     let mut killed = 0;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if pid as u32 == me {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         if String::from_utf8_lossy(&cmdline).contains(marker.as_ref()) {
             // SAFETY: as in kill_group; the pid was just read from /proc.
             unsafe {

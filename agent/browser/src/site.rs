@@ -38,7 +38,9 @@ struct Request {
 async fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let Some(request) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
+        let Some(request) = read_request(&mut stream, &mut buf).await? else {
+            return Ok(());
+        };
         let (status, content_type, body) = route(&request).await;
         let mut response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n",
@@ -54,7 +56,10 @@ async fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let header_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -78,9 +83,16 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     let mut length = 0usize;
     let mut keep_alive = true;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().map_err(|_| invalid("bad content-length"))?,
+            "content-length" => {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("bad content-length"))?
+            }
             "connection" => keep_alive = !value.trim().eq_ignore_ascii_case("close"),
             _ => {}
         }
@@ -98,7 +110,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     }
     let body = buf[header_end..header_end + length].to_vec();
     buf.drain(..header_end + length);
-    Ok(Some(Request { method, path, body, keep_alive }))
+    Ok(Some(Request {
+        method,
+        path,
+        body,
+        keep_alive,
+    }))
 }
 
 async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
@@ -113,16 +130,32 @@ async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
             let user = body["username"].as_str().unwrap_or_default();
             let password = body["password"].as_str().unwrap_or_default();
             if user.is_empty() || password.is_empty() {
-                ("401 Unauthorized", "application/json", br#"{"error":"username and password are required"}"#.to_vec())
+                (
+                    "401 Unauthorized",
+                    "application/json",
+                    br#"{"error":"username and password are required"}"#.to_vec(),
+                )
             } else {
-                ("200 OK", "application/json", serde_json::json!({"user": user, "rows": DASHBOARD_ROWS}).to_string().into_bytes())
+                (
+                    "200 OK",
+                    "application/json",
+                    serde_json::json!({"user": user, "rows": DASHBOARD_ROWS})
+                        .to_string()
+                        .into_bytes(),
+                )
             }
         }
         ("GET", "/heavy") => ("200 OK", HTML, heavy_page().into_bytes()),
         ("GET", "/form") => ("200 OK", HTML, FORM.into()),
-        ("GET", p) if p.starts_with("/static/img/") => ("200 OK", "image/svg+xml", image(p).into_bytes()),
-        ("GET", p) if p.starts_with("/static/js/") => ("200 OK", "text/javascript", script(p).into_bytes()),
-        ("GET", p) if p.starts_with("/static/css/") => ("200 OK", "text/css", style(p).into_bytes()),
+        ("GET", p) if p.starts_with("/static/img/") => {
+            ("200 OK", "image/svg+xml", image(p).into_bytes())
+        }
+        ("GET", p) if p.starts_with("/static/js/") => {
+            ("200 OK", "text/javascript", script(p).into_bytes())
+        }
+        ("GET", p) if p.starts_with("/static/css/") => {
+            ("200 OK", "text/css", style(p).into_bytes())
+        }
         _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
     }
 }
@@ -178,11 +211,17 @@ const FORM: &str = r#"<!doctype html><html><head><title>Form</title></head><body
 fn heavy_page() -> String {
     let mut html = String::from("<!doctype html><html><head><title>Heavy page</title>");
     for i in 0..HEAVY_STYLES {
-        let _ = write!(html, r#"<link rel="stylesheet" href="/static/css/{i}.css">"#);
+        let _ = write!(
+            html,
+            r#"<link rel="stylesheet" href="/static/css/{i}.css">"#
+        );
     }
     html.push_str("</head><body><h1>Heavy page</h1><div class=\"grid\">");
     for i in 0..HEAVY_IMAGES {
-        let _ = write!(html, r#"<img src="/static/img/{i}.svg" width="160" height="120" alt="tile {i}">"#);
+        let _ = write!(
+            html,
+            r#"<img src="/static/img/{i}.svg" width="160" height="120" alt="tile {i}">"#
+        );
     }
     html.push_str("</div>");
     for i in 0..HEAVY_SCRIPTS {
@@ -193,14 +232,28 @@ fn heavy_page() -> String {
 }
 
 fn asset_number(path: &str) -> usize {
-    path.rsplit('/').next().and_then(|f| f.split('.').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    path.rsplit('/')
+        .next()
+        .and_then(|f| f.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn image(path: &str) -> String {
     let n = asset_number(path);
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="160" height="120"><rect width="160" height="120" fill="hsl({},60%,70%)"/>"#, n * 37 % 360);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="160" height="120"><rect width="160" height="120" fill="hsl({},60%,70%)"/>"#,
+        n * 37 % 360
+    );
     for k in 0..40 {
-        let _ = write!(svg, r#"<circle cx="{}" cy="{}" r="{}" fill="hsl({},50%,50%)" opacity=".5"/>"#, (k * 13 + n) % 160, (k * 29 + n) % 120, 3 + k % 9, (k * 53 + n) % 360);
+        let _ = write!(
+            svg,
+            r#"<circle cx="{}" cy="{}" r="{}" fill="hsl({},50%,50%)" opacity=".5"/>"#,
+            (k * 13 + n) % 160,
+            (k * 29 + n) % 120,
+            3 + k % 9,
+            (k * 53 + n) % 360
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -209,9 +262,15 @@ fn image(path: &str) -> String {
 fn script(path: &str) -> String {
     let n = asset_number(path);
     // Some parse and run work, like a real bundle chunk.
-    let mut js = format!("window.__heavy = (window.__heavy || 0) + 1;\nfunction chunk{n}() {{ let s = 0; for (let i = 0; i < 20000; i++) s += i % {}; return s; }}\nchunk{n}();\n", n + 7);
+    let mut js = format!(
+        "window.__heavy = (window.__heavy || 0) + 1;\nfunction chunk{n}() {{ let s = 0; for (let i = 0; i < 20000; i++) s += i % {}; return s; }}\nchunk{n}();\n",
+        n + 7
+    );
     for k in 0..200 {
-        let _ = writeln!(js, "var v{n}_{k} = {{ id: {k}, label: 'item {k} of chunk {n}', tags: ['a', 'b', 'c'] }};");
+        let _ = writeln!(
+            js,
+            "var v{n}_{k} = {{ id: {k}, label: 'item {k} of chunk {n}', tags: ['a', 'b', 'c'] }};"
+        );
     }
     js
 }
@@ -220,7 +279,13 @@ fn style(path: &str) -> String {
     let n = asset_number(path);
     let mut css = String::new();
     for k in 0..150 {
-        let _ = writeln!(css, ".c{n}-{k} {{ margin: {}px; padding: {}px; color: hsl({}, 40%, 30%); }}", k % 7, k % 5, (k * 11) % 360);
+        let _ = writeln!(
+            css,
+            ".c{n}-{k} {{ margin: {}px; padding: {}px; color: hsl({}, 40%, 30%); }}",
+            k % 7,
+            k % 5,
+            (k * 11) % 360
+        );
     }
     css.push_str(".grid img { margin: 4px; }\n");
     css

@@ -3,8 +3,8 @@
 
 use super::{Check, SpecError};
 use crate::v1::{
-    BrowserSpec, BrowserStep, Locator, browser_step, find_step, locator, mouse_click_step, mouse_move_step,
-    wait_step, assert_step,
+    BrowserSpec, BrowserStep, Locator, assert_step, browser_step, find_step, locator,
+    mouse_click_step, mouse_move_step, wait_step,
 };
 use std::collections::HashMap;
 
@@ -13,8 +13,30 @@ pub const MODES: [&str; 2] = ["cold", "warm"];
 pub const MOUSE_BUTTONS: [&str; 3] = ["left", "right", "middle"];
 /// Named keys a key chord may use (besides single characters), joined with `+`.
 pub const KEY_NAMES: [&str; 24] = [
-    "ctrl", "shift", "alt", "meta", "enter", "tab", "escape", "backspace", "delete", "space", "up", "down",
-    "left", "right", "home", "end", "pageup", "pagedown", "f1", "f2", "f3", "f4", "f5", "f12",
+    "ctrl",
+    "shift",
+    "alt",
+    "meta",
+    "enter",
+    "tab",
+    "escape",
+    "backspace",
+    "delete",
+    "space",
+    "up",
+    "down",
+    "left",
+    "right",
+    "home",
+    "end",
+    "pageup",
+    "pagedown",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "f12",
 ];
 pub const MAX_STEPS: usize = 500;
 pub const MAX_REPEAT: u32 = 1000;
@@ -46,7 +68,11 @@ pub fn requirements(spec: &BrowserSpec) -> BrowserNeeds {
 
 /// The browser a spec asks for, with the default filled in.
 pub fn browser_name(spec: &BrowserSpec) -> &str {
-    if spec.browser.is_empty() { "chrome" } else { &spec.browser }
+    if spec.browser.is_empty() {
+        "chrome"
+    } else {
+        &spec.browser
+    }
 }
 
 /// The step kind's JSON name, as in spec files and reports.
@@ -87,7 +113,9 @@ pub fn variable_references(text: &str) -> Result<Vec<&str>, String> {
         };
         let name = &after[..end];
         if !is_variable_name(name) {
-            return Err(format!("${{{name}}} is not a variable name (letters, digits and _)"));
+            return Err(format!(
+                "${{{name}}} is not a variable name (letters, digits and _)"
+            ));
         }
         refs.push(name);
         rest = &after[end + 1..];
@@ -123,7 +151,10 @@ pub fn check_key_chord(keys: &str) -> Result<Vec<&str>, String> {
     for p in &parts {
         let single_char = p.chars().count() == 1;
         if !single_char && !KEY_NAMES.contains(&p.to_ascii_lowercase().as_str()) {
-            return Err(format!("unknown key {p:?}: use a single character or one of {}", KEY_NAMES.join(", ")));
+            return Err(format!(
+                "unknown key {p:?}: use a single character or one of {}",
+                KEY_NAMES.join(", ")
+            ));
         }
     }
     Ok(parts)
@@ -132,39 +163,72 @@ pub fn check_key_chord(keys: &str) -> Result<Vec<&str>, String> {
 pub fn validate(spec: &BrowserSpec) -> Check {
     let at = |f: &str| format!("spec.browser.{f}");
     if !spec.browser.is_empty() && !BROWSERS.contains(&spec.browser.as_str()) {
-        return Err(SpecError::new(at("browser"), format!("must be one of {}", BROWSERS.join(", "))));
+        return Err(SpecError::new(
+            at("browser"),
+            format!("must be one of {}", BROWSERS.join(", ")),
+        ));
     }
     if !spec.mode.is_empty() && !MODES.contains(&spec.mode.as_str()) {
-        return Err(SpecError::new(at("mode"), format!("must be one of {}", MODES.join(", "))));
+        return Err(SpecError::new(
+            at("mode"),
+            format!("must be one of {}", MODES.join(", ")),
+        ));
     }
     if spec.repeat > MAX_REPEAT {
-        return Err(SpecError::new(at("repeat"), format!("must be at most {MAX_REPEAT}")));
+        return Err(SpecError::new(
+            at("repeat"),
+            format!("must be at most {MAX_REPEAT}"),
+        ));
     }
     if spec.default_timeout_ms > MAX_TIMEOUT_MS {
-        return Err(SpecError::new(at("defaultTimeoutMs"), format!("must be at most {MAX_TIMEOUT_MS} (10 min)")));
+        return Err(SpecError::new(
+            at("defaultTimeoutMs"),
+            format!("must be at most {MAX_TIMEOUT_MS} (10 min)"),
+        ));
     }
     if let Some(w) = &spec.window_size {
         check_window(&at("windowSize"), w.width, w.height)?;
     }
-    for (name, field) in spec.variables.keys().map(|k| (k, "variables")).chain(spec.secrets.keys().map(|k| (k, "secrets"))) {
+    for (name, field) in spec
+        .variables
+        .keys()
+        .map(|k| (k, "variables"))
+        .chain(spec.secrets.keys().map(|k| (k, "secrets")))
+    {
         if !is_variable_name(name) {
-            return Err(SpecError::new(at(&format!("{field}[{name:?}]")), "names are letters, digits and _"));
+            return Err(SpecError::new(
+                at(&format!("{field}[{name:?}]")),
+                "names are letters, digits and _",
+            ));
         }
     }
-    if let Some(both) = spec.variables.keys().find(|k| spec.secrets.contains_key(*k)) {
-        return Err(SpecError::new(at(&format!("secrets[{both:?}]")), "is also a variable: use one name once"));
+    if let Some(both) = spec
+        .variables
+        .keys()
+        .find(|k| spec.secrets.contains_key(*k))
+    {
+        return Err(SpecError::new(
+            at(&format!("secrets[{both:?}]")),
+            "is also a variable: use one name once",
+        ));
     }
     if spec.steps.is_empty() {
         return Err(SpecError::new(at("steps"), "must not be empty"));
     }
     if spec.steps.len() > MAX_STEPS {
-        return Err(SpecError::new(at("steps"), format!("must have at most {MAX_STEPS} steps")));
+        return Err(SpecError::new(
+            at("steps"),
+            format!("must have at most {MAX_STEPS} steps"),
+        ));
     }
     let headless = spec.headless.unwrap_or(true);
     for (i, step) in spec.steps.iter().enumerate() {
         let field = at(&format!("steps[{i}]"));
         if step.name.chars().count() > 200 {
-            return Err(SpecError::new(format!("{field}.name"), "must be at most 200 characters"));
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                "must be at most 200 characters",
+            ));
         }
         if is_desktop_step(step) && headless {
             return Err(SpecError::new(
@@ -179,7 +243,10 @@ pub fn validate(spec: &BrowserSpec) -> Check {
 
 fn check_window(field: &str, width: u32, height: u32) -> Check {
     if !(100..=10_000).contains(&width) || !(100..=10_000).contains(&height) {
-        return Err(SpecError::new(field, "width and height must be between 100 and 10000"));
+        return Err(SpecError::new(
+            field,
+            "width and height must be between 100 and 10000",
+        ));
     }
     Ok(())
 }
@@ -189,18 +256,30 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
     let text = |name: &str, value: &str| check_text(spec, &format!("{field}.{name}"), value);
     let timeout = |name: &str, ms: u32| check_timeout(&format!("{field}.{name}.timeoutMs"), ms);
     match &step.kind {
-        None => Err(SpecError::new(field, format!("exactly one step kind is required: one of {STEP_KINDS}"))),
+        None => Err(SpecError::new(
+            field,
+            format!("exactly one step kind is required: one of {STEP_KINDS}"),
+        )),
         Some(Kind::Open(o)) => {
             text("open.url", &o.url)?;
             let url = substitute(&o.url, &all_values(spec));
             check_url(&format!("{field}.open.url"), &url)
         }
-        Some(Kind::SetWindowSize(w)) => check_window(&format!("{field}.setWindowSize"), w.width, w.height),
+        Some(Kind::SetWindowSize(w)) => {
+            check_window(&format!("{field}.setWindowSize"), w.width, w.height)
+        }
         Some(Kind::Find(f)) => {
             check_locator(spec, &format!("{field}.find.locator"), f.locator.as_ref())?;
             timeout("find", f.timeout_ms)?;
             let flag = |name: &str, on: bool| {
-                if on { Ok(()) } else { Err(SpecError::new(format!("{field}.find.{name}"), "must be true when given")) }
+                if on {
+                    Ok(())
+                } else {
+                    Err(SpecError::new(
+                        format!("{field}.find.{name}"),
+                        "must be true when given",
+                    ))
+                }
             };
             match &f.action {
                 None => Err(SpecError::new(
@@ -221,45 +300,73 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
                     format!("{field}.wait"),
                     "exactly one condition is required: one of visible, clickable, textPresent, urlMatches, js",
                 )),
-                Some(wait_step::Condition::Visible(l)) => check_locator(spec, &format!("{field}.wait.visible"), Some(l)),
+                Some(wait_step::Condition::Visible(l)) => {
+                    check_locator(spec, &format!("{field}.wait.visible"), Some(l))
+                }
                 Some(wait_step::Condition::Clickable(l)) => {
                     check_locator(spec, &format!("{field}.wait.clickable"), Some(l))
                 }
-                Some(wait_step::Condition::TextPresent(t)) => non_empty_text(spec, &format!("{field}.wait.textPresent"), t),
-                Some(wait_step::Condition::UrlMatches(t)) => non_empty_text(spec, &format!("{field}.wait.urlMatches"), t),
-                Some(wait_step::Condition::Js(t)) => non_empty_text(spec, &format!("{field}.wait.js"), t),
+                Some(wait_step::Condition::TextPresent(t)) => {
+                    non_empty_text(spec, &format!("{field}.wait.textPresent"), t)
+                }
+                Some(wait_step::Condition::UrlMatches(t)) => {
+                    non_empty_text(spec, &format!("{field}.wait.urlMatches"), t)
+                }
+                Some(wait_step::Condition::Js(t)) => {
+                    non_empty_text(spec, &format!("{field}.wait.js"), t)
+                }
             }
         }
         Some(Kind::Assert(a)) => match &a.check {
-            None => Err(SpecError::new(format!("{field}.assert"), "exactly one of text, title, url is required")),
+            None => Err(SpecError::new(
+                format!("{field}.assert"),
+                "exactly one of text, title, url is required",
+            )),
             Some(assert_step::Check::Text(t)) => {
-                check_locator(spec, &format!("{field}.assert.text.locator"), t.locator.as_ref())?;
+                check_locator(
+                    spec,
+                    &format!("{field}.assert.text.locator"),
+                    t.locator.as_ref(),
+                )?;
                 text("assert.text.contains", &t.contains)
             }
             Some(assert_step::Check::Title(t)) => text("assert.title", t),
             Some(assert_step::Check::Url(t)) => text("assert.url", t),
         },
         Some(Kind::Screenshot(s)) => {
-            let refs = variable_references(&s.name).map_err(|r| SpecError::new(format!("{field}.screenshot.name"), r))?;
+            let refs = variable_references(&s.name)
+                .map_err(|r| SpecError::new(format!("{field}.screenshot.name"), r))?;
             if refs.iter().any(|r| spec.secrets.contains_key(*r)) {
-                return Err(SpecError::new(format!("{field}.screenshot.name"), "must not reference a secret"));
+                return Err(SpecError::new(
+                    format!("{field}.screenshot.name"),
+                    "must not reference a secret",
+                ));
             }
             text("screenshot.name", &s.name)
         }
         Some(Kind::Script(s)) => non_empty_text(spec, &format!("{field}.script.script"), &s.script),
         Some(Kind::TypeText(t)) => {
             if t.locator.is_some() {
-                check_locator(spec, &format!("{field}.typeText.locator"), t.locator.as_ref())?;
+                check_locator(
+                    spec,
+                    &format!("{field}.typeText.locator"),
+                    t.locator.as_ref(),
+                )?;
             }
             timeout("typeText", t.timeout_ms)?;
             non_empty_text(spec, &format!("{field}.typeText.text"), &t.text)
         }
-        Some(Kind::KeyChord(k)) => {
-            check_key_chord(&k.keys).map(|_| ()).map_err(|r| SpecError::new(format!("{field}.keyChord.keys"), r))
-        }
+        Some(Kind::KeyChord(k)) => check_key_chord(&k.keys)
+            .map(|_| ())
+            .map_err(|r| SpecError::new(format!("{field}.keyChord.keys"), r)),
         Some(Kind::MouseMove(m)) => match &m.target {
-            None => Err(SpecError::new(format!("{field}.mouseMove"), "exactly one of element, point is required")),
-            Some(mouse_move_step::Target::Element(l)) => check_locator(spec, &format!("{field}.mouseMove.element"), Some(l)),
+            None => Err(SpecError::new(
+                format!("{field}.mouseMove"),
+                "exactly one of element, point is required",
+            )),
+            Some(mouse_move_step::Target::Element(l)) => {
+                check_locator(spec, &format!("{field}.mouseMove.element"), Some(l))
+            }
             Some(mouse_move_step::Target::Point(_)) => Ok(()),
         },
         Some(Kind::MouseClick(m)) => {
@@ -270,7 +377,10 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
                 ));
             }
             match &m.target {
-                None => Err(SpecError::new(format!("{field}.mouseClick"), "exactly one of element, point is required")),
+                None => Err(SpecError::new(
+                    format!("{field}.mouseClick"),
+                    "exactly one of element, point is required",
+                )),
                 Some(mouse_click_step::Target::Element(l)) => {
                     check_locator(spec, &format!("{field}.mouseClick.element"), Some(l))
                 }
@@ -281,12 +391,19 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
 }
 
 fn all_values(spec: &BrowserSpec) -> HashMap<String, String> {
-    spec.variables.iter().chain(spec.secrets.iter()).map(|(k, v)| (k.clone(), v.clone())).collect()
+    spec.variables
+        .iter()
+        .chain(spec.secrets.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn check_timeout(field: &str, ms: u32) -> Check {
     if ms > MAX_TIMEOUT_MS {
-        return Err(SpecError::new(field, format!("must be at most {MAX_TIMEOUT_MS} (10 min)")));
+        return Err(SpecError::new(
+            field,
+            format!("must be at most {MAX_TIMEOUT_MS} (10 min)"),
+        ));
     }
     Ok(())
 }
@@ -302,7 +419,12 @@ fn non_empty_text(spec: &BrowserSpec, field: &str, value: &str) -> Check {
 fn check_text(spec: &BrowserSpec, field: &str, value: &str) -> Check {
     for name in variable_references(value).map_err(|r| SpecError::new(field, r))? {
         if !spec.variables.contains_key(name) && !spec.secrets.contains_key(name) {
-            return Err(SpecError::new(field, format!("unknown variable ${{{name}}}: define it in spec.browser.variables or spec.browser.secrets")));
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "unknown variable ${{{name}}}: define it in spec.browser.variables or spec.browser.secrets"
+                ),
+            ));
         }
     }
     Ok(())
@@ -327,14 +449,22 @@ fn check_url(field: &str, url: &str) -> Check {
     if url == "about:blank" {
         return Ok(());
     }
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     let Some(rest) = rest else {
-        return Err(SpecError::new(field, format!("{url:?} is not an http:// or https:// URL")));
+        return Err(SpecError::new(
+            field,
+            format!("{url:?} is not an http:// or https:// URL"),
+        ));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
-        return Err(SpecError::new(field, format!("{url:?} is not a valid URL: it needs a host and no spaces")));
+        return Err(SpecError::new(
+            field,
+            format!("{url:?} is not a valid URL: it needs a host and no spaces"),
+        ));
     }
     Ok(())
 }
@@ -368,43 +498,92 @@ mod tests {
             {"wait":{"visible":{"id":"dashboard"},"timeoutMs":5000}}]}"#,
         );
         validate(&s).unwrap();
-        assert_eq!(requirements(&s), BrowserNeeds { browser: "chrome".into(), display: false, desktop_input: false });
+        assert_eq!(
+            requirements(&s),
+            BrowserNeeds {
+                browser: "chrome".into(),
+                display: false,
+                desktop_input: false
+            }
+        );
     }
 
     #[test]
     fn rules_name_the_field() {
         let cases = [
             (r#"{"steps":[]}"#, "spec.browser.steps: must not be empty"),
-            (r#"{"browser":"safari","steps":[{"open":{"url":"http://a"}}]}"#, "spec.browser.browser: must be one of chrome, firefox"),
-            (r#"{"mode":"hot","steps":[{"open":{"url":"http://a"}}]}"#, "spec.browser.mode: must be one of cold, warm"),
-            (r#"{"steps":[{"name":"x"}]}"#, "spec.browser.steps[0]: exactly one step kind is required"),
-            (r#"{"steps":[{"open":{"url":"ftp://a"}}]}"#, "spec.browser.steps[0].open.url: \"ftp://a\" is not an http"),
-            (r#"{"steps":[{"open":{"url":"http:///x"}}]}"#, "spec.browser.steps[0].open.url: \"http:///x\" is not a valid URL"),
+            (
+                r#"{"browser":"safari","steps":[{"open":{"url":"http://a"}}]}"#,
+                "spec.browser.browser: must be one of chrome, firefox",
+            ),
+            (
+                r#"{"mode":"hot","steps":[{"open":{"url":"http://a"}}]}"#,
+                "spec.browser.mode: must be one of cold, warm",
+            ),
+            (
+                r#"{"steps":[{"name":"x"}]}"#,
+                "spec.browser.steps[0]: exactly one step kind is required",
+            ),
+            (
+                r#"{"steps":[{"open":{"url":"ftp://a"}}]}"#,
+                "spec.browser.steps[0].open.url: \"ftp://a\" is not an http",
+            ),
+            (
+                r#"{"steps":[{"open":{"url":"http:///x"}}]}"#,
+                "spec.browser.steps[0].open.url: \"http:///x\" is not a valid URL",
+            ),
             (
                 r#"{"steps":[{"open":{"url":"http://a"}},{"open":{"url":"http://a"}},{"find":{"locator":{},"click":true}}]}"#,
                 "spec.browser.steps[2].find.locator: exactly one of css, xpath, id, name, linkText is required",
             ),
-            (r#"{"steps":[{"find":{"locator":{"css":".a"}}}]}"#, "spec.browser.steps[0].find: exactly one action is required"),
-            (r#"{"steps":[{"find":{"locator":{"css":".a"},"click":false}}]}"#, "spec.browser.steps[0].find.click: must be true"),
-            (r#"{"steps":[{"find":{"locator":{"css":""},"click":true}}]}"#, "spec.browser.steps[0].find.locator.css: must not be empty"),
+            (
+                r#"{"steps":[{"find":{"locator":{"css":".a"}}}]}"#,
+                "spec.browser.steps[0].find: exactly one action is required",
+            ),
+            (
+                r#"{"steps":[{"find":{"locator":{"css":".a"},"click":false}}]}"#,
+                "spec.browser.steps[0].find.click: must be true",
+            ),
+            (
+                r#"{"steps":[{"find":{"locator":{"css":""},"click":true}}]}"#,
+                "spec.browser.steps[0].find.locator.css: must not be empty",
+            ),
             (
                 r#"{"variables":{"password":"x"},"steps":[{"find":{"locator":{"id":"p"},"type":"${pasword}"}}]}"#,
                 "spec.browser.steps[0].find.type: unknown variable ${pasword}",
             ),
-            (r#"{"steps":[{"find":{"locator":{"id":"p"},"type":"${oops"}}]}"#, "spec.browser.steps[0].find.type: unclosed ${"),
-            (r#"{"steps":[{"wait":{"timeoutMs":5}}]}"#, "spec.browser.steps[0].wait: exactly one condition is required"),
-            (r#"{"steps":[{"wait":{"js":"true","timeoutMs":9999999}}]}"#, "spec.browser.steps[0].wait.timeoutMs: must be at most"),
+            (
+                r#"{"steps":[{"find":{"locator":{"id":"p"},"type":"${oops"}}]}"#,
+                "spec.browser.steps[0].find.type: unclosed ${",
+            ),
+            (
+                r#"{"steps":[{"wait":{"timeoutMs":5}}]}"#,
+                "spec.browser.steps[0].wait: exactly one condition is required",
+            ),
+            (
+                r#"{"steps":[{"wait":{"js":"true","timeoutMs":9999999}}]}"#,
+                "spec.browser.steps[0].wait.timeoutMs: must be at most",
+            ),
             (
                 r#"{"steps":[{"typeText":{"text":"a"}}]}"#,
                 "spec.browser.steps[0].typeText: desktop input needs a headed browser",
             ),
-            (r#"{"headless":false,"steps":[{"keyChord":{"keys":"ctrl+bogus"}}]}"#, "spec.browser.steps[0].keyChord.keys: unknown key \"bogus\""),
+            (
+                r#"{"headless":false,"steps":[{"keyChord":{"keys":"ctrl+bogus"}}]}"#,
+                "spec.browser.steps[0].keyChord.keys: unknown key \"bogus\"",
+            ),
             (
                 r#"{"secrets":{"pw":"x"},"steps":[{"screenshot":{"name":"shot-${pw}"}}]}"#,
                 "spec.browser.steps[0].screenshot.name: must not reference a secret",
             ),
-            (r#"{"windowSize":{"width":5,"height":5},"steps":[{"open":{"url":"http://a"}}]}"#, "spec.browser.windowSize: width and height"),
-            (r#"{"variables":{"a":"1"},"secrets":{"a":"2"},"steps":[{"open":{"url":"http://a"}}]}"#, "spec.browser.secrets[\"a\"]: is also a variable"),
+            (
+                r#"{"windowSize":{"width":5,"height":5},"steps":[{"open":{"url":"http://a"}}]}"#,
+                "spec.browser.windowSize: width and height",
+            ),
+            (
+                r#"{"variables":{"a":"1"},"secrets":{"a":"2"},"steps":[{"open":{"url":"http://a"}}]}"#,
+                "spec.browser.secrets[\"a\"]: is also a variable",
+            ),
         ];
         for (json, want) in cases {
             let got = error(json);
@@ -416,13 +595,23 @@ mod tests {
     fn desktop_steps_need_display_and_input() {
         let s = spec(r#"{"headless":false,"steps":[{"mouseClick":{"element":{"id":"b"}}}]}"#);
         validate(&s).unwrap();
-        assert_eq!(requirements(&s), BrowserNeeds { browser: "chrome".into(), display: true, desktop_input: true });
+        assert_eq!(
+            requirements(&s),
+            BrowserNeeds {
+                browser: "chrome".into(),
+                display: true,
+                desktop_input: true
+            }
+        );
     }
 
     #[test]
     fn substitution_replaces_known_names_only() {
         let values: HashMap<String, String> = [("a".to_string(), "1".to_string())].into();
         assert_eq!(substitute("x${a}y${b}z", &values), "x1y${b}z");
-        assert_eq!(variable_references("${a}-${b_2}").unwrap(), vec!["a", "b_2"]);
+        assert_eq!(
+            variable_references("${a}-${b_2}").unwrap(),
+            vec!["a", "b_2"]
+        );
     }
 }
