@@ -1,0 +1,6 @@
+//! End-to-end tests: real binaries over loopback gRPC, real grpcurl, real Jaeger.
+//! Build the binaries first: `cargo build --bins` (the test command in .ci/run does).
+
+mod backbone;
+mod invalid;
+mod traces;
