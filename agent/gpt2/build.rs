@@ -1,0 +1,22 @@
+//! Lets binaries and test binaries that link this crate find libtorch without
+//! LD_LIBRARY_PATH (torch-sys's own rpath does not reach them), and records the
+//! libtorch version built against for the run configuration in reports.
+use std::{env, fs, path::Path};
+
+fn main() {
+    // torch-sys declares `links = "tch"` and prints `cargo:libtorch_lib=...`.
+    if let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        let version = fs::read_to_string(Path::new(&lib).join("..").join("version.py"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim().trim_matches('\'').to_string()))
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        println!("cargo:rustc-env=BATON_LIBTORCH_VERSION={version}");
+    } else {
+        println!("cargo:rustc-env=BATON_LIBTORCH_VERSION=unknown");
+    }
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+}

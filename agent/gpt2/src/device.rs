@@ -1,0 +1,226 @@
+//! What this machine offers GPT-2 jobs, and the device a job runs on.
+
+use crate::Gpt2Error;
+use baton_proto::v1::CudaDevice;
+use std::sync::OnceLock;
+use tch::{Cuda, Device};
+
+/// What this machine offers GPT-2 jobs; the agent advertises it and passes it to jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpt2Capabilities {
+    pub cuda_devices: Vec<CudaDevice>,
+    /// Threads libtorch uses by default (one per physical core).
+    pub torch_threads: u32,
+    /// Memory available for jobs when probed (MemAvailable).
+    pub memory_bytes: u64,
+}
+
+/// Probes CUDA devices (loading libtorch_cuda first when an NVIDIA driver is present),
+/// libtorch's default thread count and available memory. Called once at agent start.
+pub fn probe() -> Gpt2Capabilities {
+    Gpt2Capabilities {
+        cuda_devices: cuda_devices(),
+        torch_threads: u32::try_from(tch::get_num_threads()).unwrap_or(1).max(1),
+        memory_bytes: available_memory_bytes(),
+    }
+}
+
+/// `--as-needed` drops libtorch_cuda from the link, so `Cuda::is_available()` stays false
+/// even on a GPU machine; loading it at run time registers the CUDA backend. Skipped
+/// without an NVIDIA driver, which saves ~350 MB of start-up memory on CPU machines.
+/// Returns whether CUDA is usable.
+pub fn load_cuda() -> bool {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    *LOADED.get_or_init(|| {
+        let driver = std::path::Path::new("/proc/driver/nvidia/version").exists()
+            || std::path::Path::new("/dev/nvidiactl").exists();
+        if driver {
+            // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the
+            // life of the process on purpose (the CUDA backend registers itself on load).
+            let handle = unsafe { libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                tracing::warn!("NVIDIA driver present but libtorch_cuda.so could not be loaded; CUDA is off");
+            }
+        }
+        Cuda::is_available()
+    })
+}
+
+fn cuda_devices() -> Vec<CudaDevice> {
+    if !load_cuda() {
+        return Vec::new();
+    }
+    let count = usize::try_from(Cuda::device_count()).unwrap_or(0);
+    let smi = nvidia_smi();
+    (0..count)
+        .map(|i| {
+            let (name, memory_bytes) = smi.get(i).cloned().unwrap_or_else(|| (format!("CUDA device {i}"), 0));
+            CudaDevice { index: i as u32, name, memory_bytes }
+        })
+        .collect()
+}
+
+/// Names and memory of the GPUs, from nvidia-smi (libtorch's C API does not expose them).
+fn nvidia_smi() -> Vec<(String, u64)> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, mib) = l.rsplit_once(',')?;
+            Some((name.trim().to_string(), mib.trim().parse::<u64>().ok()? << 20))
+        })
+        .collect()
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (0 when unreadable).
+pub fn available_memory_bytes() -> u64 {
+    proc_field("/proc/meminfo", "MemAvailable:").unwrap_or(0)
+}
+
+/// A `Name:   123 kB` field of a /proc file, in bytes.
+fn proc_field(path: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the process's peak RSS so a job's peak is its own (Linux 4.0+).
+pub fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        tracing::debug!(error = %e, "could not reset peak RSS");
+    }
+}
+
+/// The process's peak RSS (VmHWM) in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_field("/proc/self/status", "VmHWM:").unwrap_or(0)
+}
+
+/// The device a job runs on, and its name for reports.
+#[derive(Debug, Clone)]
+pub struct JobDevice {
+    pub device: Device,
+    /// `cpu` or `cuda:N`.
+    pub label: String,
+    /// The CPU model or the GPU's name.
+    pub name: String,
+    /// What a memory estimate is checked against.
+    pub memory_bytes: u64,
+}
+
+impl JobDevice {
+    /// Waits for queued kernels so a phase's time is the kernels', not the launches'.
+    pub fn synchronize(&self) {
+        if let Device::Cuda(i) = self.device {
+            Cuda::synchronize(i as i64);
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.device, Device::Cuda(_))
+    }
+}
+
+/// Picks the device a spec asks for (`auto`, `cpu`, `cuda`, `cuda:N`) on this agent.
+pub fn resolve(requested: &str, caps: &Gpt2Capabilities) -> Result<JobDevice, Gpt2Error> {
+    let cuda_index = match requested {
+        "" | "auto" => (!caps.cuda_devices.is_empty() && load_cuda()).then_some(0),
+        "cpu" => None,
+        "cuda" => Some(0),
+        other => Some(
+            other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| baton_proto::spec::SpecError::new("device", format!("unknown device {other:?}")))?,
+        ),
+    };
+    let Some(index) = cuda_index else {
+        let cpu = cpu_info();
+        return Ok(JobDevice {
+            device: Device::Cpu,
+            label: "cpu".into(),
+            name: cpu.model,
+            memory_bytes: caps.memory_bytes,
+        });
+    };
+    if caps.cuda_devices.is_empty() || !load_cuda() {
+        return Err(Gpt2Error::NoCuda { requested: requested.to_string() });
+    }
+    let Some(dev) = caps.cuda_devices.iter().find(|d| d.index as usize == index) else {
+        return Err(Gpt2Error::NoSuchCudaDevice { requested: requested.to_string(), count: caps.cuda_devices.len() });
+    };
+    Ok(JobDevice {
+        device: Device::Cuda(index),
+        label: format!("cuda:{index}"),
+        name: dev.name.clone(),
+        memory_bytes: dev.memory_bytes,
+    })
+}
+
+/// What /proc/cpuinfo says about the CPU.
+#[derive(Debug, Clone)]
+pub struct CpuInfo {
+    pub model: String,
+    pub cores: u32,
+    pub mhz: f64,
+    /// fp32 FLOP per cycle per core from the widest FMA the CPU has (2 FMA units assumed).
+    pub fp32_flop_per_cycle: f64,
+    pub simd: &'static str,
+}
+
+pub fn cpu_info() -> CpuInfo {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let (fp32_flop_per_cycle, simd) = if has("avx512f") {
+        (64.0, "AVX-512 FMA: 2 units x 16 lanes x 2")
+    } else if has("avx2") && has("fma") {
+        (32.0, "AVX2 FMA: 2 units x 8 lanes x 2")
+    } else {
+        (8.0, "SSE: 4 lanes x 2")
+    };
+    CpuInfo {
+        model: field("model name").unwrap_or_else(|| "unknown CPU".into()),
+        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        mhz: field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        fp32_flop_per_cycle,
+        simd,
+    }
+}
+
+/// Peak FLOP/s of the device for a dtype, and where the number comes from.
+pub fn peak_flops(device: &JobDevice, threads: u32, bf16: bool) -> (f64, String) {
+    if device.is_cuda() {
+        // Dense (no sparsity) tensor-core peaks from NVIDIA's datasheets (SXM parts).
+        let table: [(&str, f64, f64); 4] =
+            [("H200", 989.4e12, 67e12), ("H100", 989.4e12, 67e12), ("A100", 312e12, 19.5e12), ("L4", 121e12, 30.3e12)];
+        return match table.iter().find(|(n, ..)| device.name.contains(n)) {
+            Some((n, bf, _)) if bf16 => (*bf, format!("NVIDIA {n} datasheet: dense BF16 tensor-core peak")),
+            Some((n, _, fp)) => (*fp, format!("NVIDIA {n} datasheet: FP32 (non-tensor-core) peak")),
+            None => (0.0, format!("no peak known for {}; set peakFlops in the spec", device.name)),
+        };
+    }
+    let cpu = cpu_info();
+    if cpu.mhz <= 0.0 {
+        return (0.0, "CPU frequency unknown; set peakFlops in the spec".into());
+    }
+    let peak = f64::from(threads) * cpu.mhz * 1e6 * cpu.fp32_flop_per_cycle;
+    let source = format!(
+        "{threads} threads x {:.2} GHz (cpu MHz, /proc/cpuinfo) x {} fp32 FLOP/cycle ({}); \
+         an upper bound that ignores turbo and AVX down-clocking; set peakFlops to override",
+        cpu.mhz / 1000.0,
+        cpu.fp32_flop_per_cycle,
+        cpu.simd
+    );
+    (peak, source)
+}
