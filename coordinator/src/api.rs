@@ -26,6 +26,8 @@ const MAX_PAGE: u32 = 1000;
 #[derive(Clone)]
 pub struct Api {
     pub coordinator: Arc<Coordinator>,
+    /// Ends the long-lived streams (agents, watches) so a graceful shutdown can finish.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -148,7 +150,7 @@ impl JobService for Api {
                 *done = job.state().is_terminal();
                 futures::future::ready(out)
             });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(stream.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
@@ -230,7 +232,8 @@ impl AgentService for Api {
             coordinator.agent_gone(&agent_id, connection);
             tracing::info!(agent_id = %agent_id, "agent disconnected");
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+        let outbound = UnboundedReceiverStream::new(rx).map(Ok).take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 

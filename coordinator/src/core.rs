@@ -21,6 +21,7 @@ use baton_proto::v1::{
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc, watch};
@@ -75,6 +76,8 @@ pub struct Coordinator {
     store: Arc<dyn Store>,
     wake_writer: Notify,
     committed: watch::Sender<u64>,
+    commits: AtomicU64,
+    job_writes: AtomicU64,
     pub config: Config,
 }
 
@@ -94,6 +97,8 @@ impl Coordinator {
             store,
             wake_writer: Notify::new(),
             committed: watch::Sender::new(0),
+            commits: AtomicU64::new(0),
+            job_writes: AtomicU64::new(0),
             config,
         }))
     }
@@ -145,12 +150,16 @@ impl Coordinator {
                 };
                 let jobs: Vec<Job> = batch.jobs.into_values().collect();
                 let store = self.store.clone();
+                let began = Instant::now();
                 let committed = tokio::task::spawn_blocking(move || store.commit(&jobs).map(|()| jobs)).await;
+                tracing::debug!(commit_us = began.elapsed().as_micros() as u64, generation, "store commit");
                 let jobs = match committed {
                     Ok(Ok(jobs)) => jobs,
                     Ok(Err(e)) => fatal(&e.to_string()),
                     Err(e) => fatal(&e.to_string()),
                 };
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.job_writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 self.committed.send_replace(generation);
                 for effect in batch.effects {
                     run_effect(effect);
@@ -158,6 +167,15 @@ impl Coordinator {
                 self.notify_watchers(&jobs);
             }
         }
+    }
+
+    /// Store commits so far and job records they wrote: group commit at work.
+    pub fn log_store_statistics(&self) {
+        let commits = self.commits.load(Ordering::Relaxed);
+        let writes = self.job_writes.load(Ordering::Relaxed);
+        let jobs_per_commit = if commits == 0 { 0.0 } else { writes as f64 / commits as f64 };
+        let jobs_per_commit = (jobs_per_commit * 10.0).round() / 10.0;
+        tracing::info!(commits, job_writes = writes, jobs_per_commit, "store statistics");
     }
 
     fn notify_watchers(&self, jobs: &[Job]) {
