@@ -278,15 +278,17 @@ impl Jaeger {
     }
 
     /// The trace with this id, as Jaeger's HTTP API returns it (`data[0]`), once it
-    /// has at least `min_spans` spans.
-    pub async fn trace(&self, trace_id: &str, min_spans: usize) -> serde_json::Value {
+    /// holds a span with each of the `required` operation names.
+    pub async fn trace(&self, trace_id: &str, required: &[&str]) -> serde_json::Value {
         let url = format!("{}/api/traces/{trace_id}", self.query_url);
-        eventually(Duration::from_secs(30), &format!("trace {trace_id} with {min_spans} spans in Jaeger"), || {
+        eventually(Duration::from_secs(30), &format!("trace {trace_id} with spans {required:?} in Jaeger"), || {
             let url = url.clone();
             async move {
                 let v = http_get_json(&url).ok()?;
                 let trace = v["data"].get(0)?.clone();
-                (trace["spans"].as_array()?.len() >= min_spans).then_some(trace)
+                let names: Vec<&str> = trace["spans"].as_array()?.iter().filter_map(|s| s["operationName"].as_str()).collect();
+                required.iter().all(|r| names.contains(r)).then_some(())?;
+                Some(trace)
             }
         })
         .await
@@ -302,4 +304,33 @@ pub fn http_get_json(url: &str) -> Result<serde_json::Value, String> {
         .read_to_string()
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&body).map_err(|e| e.to_string())
+}
+
+/// baton's reference site (login flow, heavy page, form) on a free loopback port.
+pub struct Site {
+    pub base: String,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl Site {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("site");
+        let port = free_port();
+        let mut cmd = Command::new(bin("baton-site"));
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        let proc = Proc::spawn("baton-site", cmd, &dir.0);
+        eventually(Duration::from_secs(10), "the reference site", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        })
+        .await;
+        Self { base: format!("http://127.0.0.1:{port}"), _proc: proc, _dir: dir }
+    }
+}
+
+/// An example spec file from examples/, as a submit request.
+pub fn example(name: &str) -> baton_proto::v1::SubmitJobRequest {
+    let path = workspace().join("examples").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    baton_proto::spec::parse_request(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

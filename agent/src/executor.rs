@@ -6,12 +6,20 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ExecError {
-    /// The job failed; the message is the job's failure reason.
-    #[error("{0}")]
-    Failed(String),
+    /// The job failed; `reason` is the job's failure reason, `result` what it measured
+    /// before failing (a browser step's screenshot, ...), kept with the job.
+    #[error("{reason}")]
+    Failed { reason: String, result: Option<JobResult> },
     /// The job stopped because its context was cancelled.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl ExecError {
+    /// A failure with nothing measured worth keeping.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::Failed { reason: reason.into(), result: None }
+    }
 }
 
 /// Runs the job kinds it names. Implementations stop promptly once `ctx.cancel` fires.
@@ -56,12 +64,12 @@ impl Executor for Builtin {
                     });
                 }
                 if s.fail {
-                    return Err(ExecError::Failed(format!("sleep job failed on request after {} ms", s.duration_ms)));
+                    return Err(ExecError::failed(format!("sleep job failed on request after {} ms", s.duration_ms)));
                 }
                 Ok(result(job_result::Kind::Sleep(SleepResult { slept_ms: start.elapsed().as_millis() as u64 })))
             }
             Some(job_spec::Kind::Noop(_)) => Ok(result(job_result::Kind::Noop(NoopResult {}))),
-            other => Err(ExecError::Failed(format!(
+            other => Err(ExecError::failed(format!(
                 "this executor cannot run {}",
                 other.as_ref().map(baton_proto::job::kind_name).unwrap_or("an empty spec")
             ))),
@@ -83,7 +91,7 @@ mod tests {
         let ok = Builtin.run(sleep(50, false), JobContext::detached("a")).await.unwrap();
         assert!(matches!(ok.kind, Some(job_result::Kind::Sleep(SleepResult { slept_ms })) if slept_ms >= 50));
         let failed = Builtin.run(sleep(1, true), JobContext::detached("b")).await.unwrap_err();
-        assert_eq!(failed, ExecError::Failed("sleep job failed on request after 1 ms".into()));
+        assert_eq!(failed, ExecError::failed("sleep job failed on request after 1 ms"));
         let ctx = JobContext::detached("c");
         ctx.cancel.cancel();
         assert_eq!(Builtin.run(sleep(60_000, false), ctx).await.unwrap_err(), ExecError::Cancelled);

@@ -4,6 +4,7 @@ use baton_agent::connection::{self, Identity};
 use baton_agent::executor::{Builtin, Executor};
 use baton_agent::probe;
 use baton_agent::runner::Runner;
+use baton_proto::v1::Capabilities;
 use clap::Parser;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,36 @@ struct Args {
     /// This agent's id; default HOSTNAME-PID (a restarted agent is a new agent).
     #[arg(long)]
     name: Option<String>,
+    #[cfg(feature = "browser")]
+    #[command(flatten)]
+    browser: BrowserArgs,
+}
+
+#[cfg(feature = "browser")]
+#[derive(clap::Args)]
+struct BrowserArgs {
+    /// Run no browser jobs, even when Chromium is installed.
+    #[arg(long)]
+    no_browser: bool,
+    /// chromedriver to start and supervise (default: found on PATH).
+    #[arg(long)]
+    chromedriver: Option<std::path::PathBuf>,
+    /// Use this WebDriver server (e.g. a Selenium Grid) instead of starting chromedriver.
+    #[arg(long)]
+    webdriver_url: Option<String>,
+    /// X display for headed browsers and desktop input, e.g. :99.
+    #[arg(long, env = "BATON_DISPLAY")]
+    display: Option<String>,
+    /// Allow desktop steps (OS keyboard and mouse through enigo) on the display.
+    #[arg(long)]
+    desktop_input: bool,
+    /// Only URLs whose host matches one of these patterns (repeatable, e.g. 127.0.0.1, *.example.com).
+    #[arg(long = "allow-url")]
+    allow: Vec<String>,
+    /// Never URLs whose host matches these patterns (repeatable). Link-local and cloud
+    /// metadata addresses are always denied unless allowed explicitly.
+    #[arg(long = "deny-url")]
+    deny: Vec<String>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -39,14 +70,25 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = baton_proto::telemetry::init("baton-agent");
-    let executors: Vec<Arc<dyn Executor>> = vec![Arc::new(Builtin)];
+    let mut executors: Vec<Arc<dyn Executor>> = vec![Arc::new(Builtin)];
+    let mut capabilities = Capabilities::default();
+    #[cfg(feature = "browser")]
+    let browser = start_browser(&args.browser).await;
+    #[cfg(feature = "browser")]
+    if let Some(engine) = &browser {
+        let (browsers, display, desktop_input) = engine.capabilities();
+        capabilities.browsers = browsers;
+        capabilities.display = display.unwrap_or_default();
+        capabilities.desktop_input = desktop_input;
+        executors.push(Arc::new(baton_agent::browser::BrowserExecutor { engine: engine.clone() }));
+    }
     let (runner, events) = Runner::new(executors);
     let agent_id = args.name.unwrap_or_else(|| format!("{}-{}", baton_proto::telemetry::hostname(), std::process::id()));
     let identity = Identity {
         agent_id: agent_id.clone(),
         slots: args.slots,
         labels: args.labels.into_iter().collect::<HashMap<_, _>>(),
-        capabilities: probe::base_capabilities(runner.job_kinds()),
+        capabilities: probe::capabilities(runner.job_kinds(), capabilities),
     };
     tracing::info!(agent_id = %agent_id, slots = args.slots, cores = identity.capabilities.cpu_cores, "agent starting");
     let shutdown = CancellationToken::new();
@@ -56,5 +98,32 @@ async fn main() -> anyhow::Result<()> {
         stop.cancel();
     });
     connection::run(args.coordinator, identity, runner, events, shutdown).await;
+    #[cfg(feature = "browser")]
+    if let Some(engine) = browser.and_then(|e| Arc::try_unwrap(e).ok()) {
+        engine.shutdown().await;
+    }
     Ok(())
+}
+
+/// The browser engine, or None (with a warning) when this machine has no browser.
+#[cfg(feature = "browser")]
+async fn start_browser(args: &BrowserArgs) -> Option<Arc<baton_browser::BrowserEngine>> {
+    if args.no_browser {
+        return None;
+    }
+    let config = baton_browser::BrowserConfig {
+        chromedriver: args.chromedriver.clone(),
+        remote_webdriver: args.webdriver_url.clone(),
+        display: args.display.clone(),
+        desktop_input: args.desktop_input,
+        allow: args.allow.clone(),
+        deny: args.deny.clone(),
+    };
+    match baton_browser::BrowserEngine::start(config).await {
+        Ok(engine) => Some(Arc::new(engine)),
+        Err(e) => {
+            tracing::warn!(error = %e, "browser jobs disabled");
+            None
+        }
+    }
 }

@@ -17,15 +17,15 @@ pub fn memory_available_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// The capabilities every agent has; engines add theirs (CUDA devices, browsers, display).
-pub fn base_capabilities(job_kinds: Vec<String>) -> Capabilities {
+/// What every agent has, over what its engines found (CUDA devices, browsers, display).
+pub fn capabilities(job_kinds: Vec<String>, engines: Capabilities) -> Capabilities {
     Capabilities {
         hostname: baton_proto::telemetry::hostname(),
         cpu_cores: cpu_cores(),
         memory_bytes: memory_available_bytes(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         job_kinds,
-        ..Default::default()
+        ..engines
     }
 }
 

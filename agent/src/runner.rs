@@ -6,7 +6,8 @@ use crate::executor::{ExecError, Executor};
 use baton_proto::context::JobContext;
 use baton_proto::job::{kind_name, to_duration};
 use baton_proto::v1::{
-    AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobStarted, agent_message, job_finished,
+    AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobResult, JobStarted, agent_message,
+    job_finished,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,8 +104,8 @@ impl Runner {
         tokio::spawn(async move {
             let (job_id, attempt) = (assignment.job_id.clone(), assignment.attempt);
             let _ = this.events.send(msg(agent_message::Kind::Started(JobStarted { job_id: job_id.clone(), attempt })));
-            let outcome = this.execute(assignment, cancel, cancel_reason).await;
-            let finished = JobFinished { job_id: job_id.clone(), attempt, outcome: Some(outcome) };
+            let (result, outcome) = this.execute(assignment, cancel, cancel_reason).await;
+            let finished = JobFinished { job_id: job_id.clone(), attempt, result, outcome };
             {
                 let mut book = this.book();
                 book.outbox.insert((job_id.clone(), attempt), finished.clone());
@@ -121,7 +122,7 @@ impl Runner {
         assignment: Assignment,
         cancel: CancellationToken,
         cancel_reason: Arc<Mutex<Option<String>>>,
-    ) -> job_finished::Outcome {
+    ) -> (Option<JobResult>, Option<job_finished::Outcome>) {
         let Assignment { job_id, attempt, spec, trace_context } = assignment;
         let spec = spec.unwrap_or_default();
         let kind = spec.kind.as_ref().map(kind_name).unwrap_or("");
@@ -134,7 +135,7 @@ impl Runner {
         );
         let _ = span.set_parent(baton_proto::telemetry::extract(&trace_context));
         let Some(executor) = self.executors.get(kind).cloned() else {
-            return job_finished::Outcome::Failure(format!("this agent cannot run job kind {kind:?}"));
+            return (None, Some(job_finished::Outcome::Failure(format!("this agent cannot run job kind {kind:?}"))));
         };
         let timeout = spec.timeout.as_ref().map(to_duration).unwrap_or(baton_proto::spec::DEFAULT_TIMEOUT);
         let events = self.events.clone();
@@ -151,26 +152,30 @@ impl Runner {
             joined = &mut task => Some(joined),
             _ = tokio::time::sleep(timeout) => None,
         };
-        let outcome = match joined {
+        use job_finished::Outcome;
+        let (result, outcome) = match joined {
             None => {
                 // Out of time: stop the executor and wait until it has stopped.
                 cancel.cancel();
                 let _ = task.await;
-                job_finished::Outcome::TimedOut(format!("timed out after {}", humantime::format_duration(timeout)))
+                (None, Some(Outcome::TimedOut(format!("timed out after {}", humantime::format_duration(timeout)))))
             }
-            Some(Ok(Ok(result))) => job_finished::Outcome::Result(result),
-            Some(Ok(Err(ExecError::Failed(reason)))) => job_finished::Outcome::Failure(reason),
-            Some(Ok(Err(ExecError::Cancelled))) => job_finished::Outcome::Cancelled(
-                cancel_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "cancelled".into()),
-            ),
-            Some(Err(e)) if e.is_panic() => job_finished::Outcome::Failure(format!("executor panicked: {}", panic_message(e))),
-            Some(Err(e)) => job_finished::Outcome::Failure(format!("executor stopped: {e}")),
+            Some(Ok(Ok(result))) => (Some(result), None),
+            Some(Ok(Err(ExecError::Failed { reason, result }))) => (result, Some(Outcome::Failure(reason))),
+            Some(Ok(Err(ExecError::Cancelled))) => {
+                let reason = cancel_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                (None, Some(Outcome::Cancelled(reason.unwrap_or_else(|| "cancelled".into()))))
+            }
+            Some(Err(e)) if e.is_panic() => {
+                (None, Some(Outcome::Failure(format!("executor panicked: {}", panic_message(e)))))
+            }
+            Some(Err(e)) => (None, Some(Outcome::Failure(format!("executor stopped: {e}")))),
         };
         span.in_scope(|| match &outcome {
-            job_finished::Outcome::Result(_) => tracing::info!(job_id = %job_id, "job succeeded"),
-            other => tracing::warn!(job_id = %job_id, outcome = ?other, "job did not succeed"),
+            None => tracing::info!(job_id = %job_id, "job succeeded"),
+            Some(other) => tracing::warn!(job_id = %job_id, outcome = ?other, "job did not succeed"),
         });
-        outcome
+        (result, outcome)
     }
 }
 
@@ -186,7 +191,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::v1::{JobResult, JobSpec, NoopSpec, job_spec};
+    use baton_proto::v1::{JobSpec, NoopSpec, job_spec};
 
     struct Panics;
 

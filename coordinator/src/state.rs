@@ -375,27 +375,20 @@ impl State {
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.running.remove(&report.job_id);
         }
-        let mut actions = match &report.outcome {
-            Some(job_finished::Outcome::TimedOut(reason)) => self.retry_or_fail(&report.job_id, reason, reason),
-            outcome => {
-                let Some(job) = self.jobs.get_mut(&report.job_id) else { return vec![ack] };
-                let (state, reason) = match outcome {
-                    Some(job_finished::Outcome::Result(result)) => {
-                        job.result = Some(result.clone());
-                        (JobState::Succeeded, String::new())
-                    }
-                    Some(job_finished::Outcome::Failure(reason)) => (JobState::Failed, reason.clone()),
-                    Some(job_finished::Outcome::Cancelled(reason)) => (JobState::Cancelled, reason.clone()),
-                    Some(job_finished::Outcome::TimedOut(_)) | None => {
-                        (JobState::Failed, "agent reported no outcome".to_string())
-                    }
-                };
-                finish(job, state, reason);
-                vec![Action::Persist(report.job_id.clone())]
+        let (state, reason) = match &report.outcome {
+            Some(job_finished::Outcome::TimedOut(reason)) => {
+                let mut actions = self.retry_or_fail(&report.job_id, reason, reason);
+                actions.push(ack);
+                return actions;
             }
+            None => (JobState::Succeeded, String::new()),
+            Some(job_finished::Outcome::Failure(reason)) => (JobState::Failed, reason.clone()),
+            Some(job_finished::Outcome::Cancelled(reason)) => (JobState::Cancelled, reason.clone()),
         };
-        actions.push(ack);
-        actions
+        let Some(job) = self.jobs.get_mut(&report.job_id) else { return vec![ack] };
+        job.result = report.result.clone();
+        finish(job, state, reason);
+        vec![Action::Persist(report.job_id.clone()), ack]
     }
 
     /// The attempt is gone with its agent: retry while attempts remain.
@@ -558,9 +551,8 @@ mod tests {
             &JobFinished {
                 job_id: id.into(),
                 attempt,
-                outcome: Some(job_finished::Outcome::Result(JobResult {
-                    kind: Some(job_result::Kind::Noop(NoopResult {})),
-                })),
+                result: Some(JobResult { kind: Some(job_result::Kind::Noop(NoopResult {})) }),
+                outcome: None,
             },
         )
     }
@@ -618,7 +610,12 @@ mod tests {
         s.hello(&hello("b", 1, &[]), t0 + Duration::from_secs(11));
         assert_eq!(assigned(&s.schedule()), [("b".into(), "j".into())]);
         // a's late report for attempt 1 is acknowledged but not applied.
-        let late = JobFinished { job_id: "j".into(), attempt: 1, outcome: Some(job_finished::Outcome::Failure("x".into())) };
+        let late = JobFinished {
+            job_id: "j".into(),
+            attempt: 1,
+            result: None,
+            outcome: Some(job_finished::Outcome::Failure("x".into())),
+        };
         assert_eq!(s.finished("a", &late), [Action::Ack { agent_id: "a".into(), job_id: "j".into(), attempt: 1 }]);
         assert_eq!(s.job("j").unwrap().state(), JobState::Assigned);
         assert_eq!(s.job("j").unwrap().attempt, 2);

@@ -50,7 +50,7 @@ pub fn init(service_name: &'static str) -> Telemetry {
         Some(p) => {
             let otel = tracing_opentelemetry::layer()
                 .with_tracer(p.tracer(service_name))
-                .with_filter(EnvFilter::new("info,h2=off,tonic=off,hyper=off,tower=off"));
+                .with_filter(EnvFilter::new("info,h2=off,tonic=off,hyper=off,tower=off,thirtyfour=off"));
             tracing_subscriber::registry().with(fmt).with(otel).init();
         }
         None => tracing_subscriber::registry().with(fmt).init(),

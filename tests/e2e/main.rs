@@ -2,5 +2,6 @@
 //! Build the binaries first: `cargo build --bins` (the test command in .ci/run does).
 
 mod backbone;
+mod browser;
 mod invalid;
 mod traces;

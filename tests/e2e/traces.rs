@@ -32,7 +32,7 @@ async fn each_job_is_one_trace_with_coordinator_and_agent_spans() {
     assert!(trace_ids[1] != trace_ids[2], "one trace per job");
 
     for (id, trace_id) in ids.iter().zip(&trace_ids) {
-        let trace = jaeger.trace(trace_id, 4).await;
+        let trace = jaeger.trace(trace_id, &["baton.v1.JobService/SubmitJob", "queue", "dispatch", "execute"]).await;
         let services: HashMap<String, String> = trace["processes"]
             .as_object()
             .unwrap()

@@ -120,18 +120,24 @@ pub struct AgentNeeds {
     pub cuda: bool,
     /// `chrome` or `firefox`; empty when no browser is needed.
     pub browser: String,
+    /// A headed browser needs an X display.
+    pub display: bool,
     pub desktop_input: bool,
 }
 
 pub fn needs(spec: &JobSpec) -> AgentNeeds {
     match &spec.kind {
         None | Some(job_spec::Kind::Noop(_)) | Some(job_spec::Kind::Sleep(_)) => AgentNeeds::default(),
-        Some(job_spec::Kind::Gpt2Train(_)) | Some(job_spec::Kind::Gpt2Infer(_)) => AgentNeeds::default(),
-        Some(job_spec::Kind::Browser(_)) => AgentNeeds::default(),
+        Some(job_spec::Kind::Gpt2Train(s)) => AgentNeeds { cuda: gpt2::needs_cuda_train(s), ..Default::default() },
+        Some(job_spec::Kind::Gpt2Infer(s)) => AgentNeeds { cuda: gpt2::needs_cuda_infer(s), ..Default::default() },
+        Some(job_spec::Kind::Browser(s)) => {
+            let b = browser::requirements(s);
+            AgentNeeds { cuda: false, browser: b.browser, display: b.display, desktop_input: b.desktop_input }
+        }
     }
 }
 
-/// Why an agent with these capabilities cannot run the job's kind-specific needs.
+/// Why an agent with these capabilities cannot meet the job's kind-specific needs.
 pub fn agent_mismatch(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
     let needs = needs(spec);
     if needs.cuda && caps.cuda_devices.is_empty() {
@@ -140,8 +146,11 @@ pub fn agent_mismatch(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
     if !needs.browser.is_empty() && !caps.browsers.iter().any(|b| b.name == needs.browser) {
         return Some(format!("browser {} is required", needs.browser));
     }
+    if needs.display && caps.display.is_empty() {
+        return Some("an X display is required (headed browser)".into());
+    }
     if needs.desktop_input && !caps.desktop_input {
-        return Some("desktop input (an X display, agent started with desktop input enabled) is required".into());
+        return Some("desktop input is required (an agent started with --desktop-input and a display)".into());
     }
     None
 }

@@ -1,0 +1,74 @@
+//! Browser jobs through the real coordinator and agent, with real Chromium and
+//! chromedriver (issue 4).
+
+use crate::backbone::finished;
+use baton_proto::v1::{JobState, SubmitJobRequest, job_result, job_spec};
+use baton_tests::{Cluster, Jaeger, Site, example};
+use std::time::Duration;
+
+/// The example spec pointed at this test's reference site.
+fn at_site(mut req: SubmitJobRequest, site: &Site) -> SubmitJobRequest {
+    if let Some(job_spec::Kind::Browser(b)) = req.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+        b.variables.insert("base".into(), site.base.clone());
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_result_and_jaeger() {
+    let site = Site::start().await;
+    let jaeger = Jaeger::start().await;
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut cluster = Cluster::start(&[], &env).await;
+    cluster.add_agent("desktop-1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+    let id = client.submit_job(at_site(example("browser-login.json"), &site)).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(90)).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
+    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("no browser result") };
+    let steps = &report.repeats[0].steps;
+    let page = steps[0].page.as_ref().expect("the open step has page timing");
+    assert!(page.ttfb_ms > 0.0, "{page:?}");
+    assert!(page.ttfb_ms <= page.dom_content_loaded_ms && page.dom_content_loaded_ms <= page.load_ms, "{page:?}");
+    let dashboard = steps.iter().find(|s| s.name == "dashboard visible").expect("the wait step");
+    let interaction = dashboard.interaction.as_ref().expect("click → dashboard is measured");
+    assert!(interaction.browser_ms > 0.0 && interaction.wall_ms > 0.0, "{interaction:?}");
+
+    let trace = jaeger.trace(&job.trace_id, &["dispatch", "execute", "step 1 open login page", "step 4 click Login"]).await;
+    let text = trace.to_string();
+    assert!(!text.contains("s3cret-pass"), "the secret leaked into the trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_element_fails_the_job_naming_the_step_with_a_screenshot_and_denied_urls_never_start_a_browser() {
+    let site = Site::start().await;
+    let mut cluster = Cluster::start(&[], &[]).await;
+    cluster.add_agent("desktop-1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+
+    let mut broken = at_site(example("browser-login.json"), &site);
+    if let Some(job_spec::Kind::Browser(b)) = broken.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+        let click = b.steps.iter_mut().find(|s| s.name == "click Login").unwrap();
+        let json = serde_json::to_string(click).unwrap().replace("text()=\\\"Login\\\"", "text()=\\\"Logn\\\"");
+        *click = serde_json::from_str(&json).unwrap();
+    }
+    let id = client.submit_job(broken).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(90)).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert!(job.reason.starts_with("step 4 \"click Login\": no element matches xpath //button[text()=\"Logn\"]"), "{}", job.reason);
+    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("the failure keeps its report") };
+    let failure = report.failure.expect("the failure is described");
+    assert!(failure.screenshot_png.starts_with(b"\x89PNG"), "a PNG screenshot is attached");
+    assert!(failure.page_url.ends_with("/login"), "{}", failure.page_url);
+
+    let mut denied = at_site(example("browser-login.json"), &site);
+    if let Some(job_spec::Kind::Browser(b)) = denied.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+        b.variables.insert("base".into(), "http://169.254.169.254".into());
+    }
+    let id = client.submit_job(denied).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert!(job.reason.starts_with("http://169.254.169.254/login is not allowed on this agent"), "{}", job.reason);
+}
