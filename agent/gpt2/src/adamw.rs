@@ -64,6 +64,15 @@ impl AdamW {
         if params.len() != grads.len() {
             return Err(Gpt2Error::Torch(format!("{} gradients for {} parameters", grads.len(), params.len())));
         }
+        // The tied embedding's gradient is dense once the lm_head's has been added to it;
+        // a sparse one (a lookup-only parameter) is made dense for the update.
+        let dense: Vec<Tensor>;
+        let grads = if grads.iter().any(|g| g.is_sparse()) {
+            dense = grads.iter().map(|g| if g.is_sparse() { g.to_dense(None, false) } else { g.shallow_clone() }).collect();
+            &dense[..]
+        } else {
+            grads
+        };
         let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
         let total_norm = Tensor::stack(&norms, 0).norm().f_double_value(&[])?;
         // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), at most 1.

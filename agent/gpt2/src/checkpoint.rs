@@ -31,10 +31,11 @@ pub fn read_config(dir: &Path) -> Result<Gpt2Config, Gpt2Error> {
             .ok_or_else(|| error(dir, format!("config.json needs a positive integer {}", names[0])))
     };
     let float = |name: &str, default: f64| json.get(name).and_then(|v| v.as_f64()).unwrap_or(default);
-    if let Some(act) = json.get("activation_function").and_then(|v| v.as_str()) {
-        if act != "gelu_new" && act != "gelu_pytorch_tanh" {
-            return Err(error(dir, format!("activation_function {act:?} is not supported (GPT-2 uses gelu_new)")));
-        }
+    if let Some(act) = json.get("activation_function").and_then(|v| v.as_str())
+        && act != "gelu_new"
+        && act != "gelu_pytorch_tanh"
+    {
+        return Err(error(dir, format!("activation_function {act:?} is not supported (GPT-2 uses gelu_new)")));
     }
     for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
         if json.get(flag).and_then(|v| v.as_bool()) == Some(true) {

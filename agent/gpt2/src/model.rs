@@ -343,7 +343,10 @@ impl Gpt2 {
             let keys = p.valid.narrow(1, 0, past + seq).view([batch, 1, 1, past + seq]);
             cols.le_tensor(&rows).logical_and(&keys).logical_or(&cols.eq_tensor(&rows))
         });
-        let mut x = Tensor::embedding(&self.wte, ids, -1, false, false) + positions;
+        // A sparse gradient for the lookup: the tied lm_head's dense gradient arrives first
+        // in backward and takes the few looked-up rows in place, instead of a zeroed
+        // vocab × width gradient being built and summed with it.
+        let mut x = Tensor::embedding(&self.wte, ids, -1, false, train) + positions;
         x = dropout(x, c.embd_pdrop, train);
         let (heads, head_dim) = (c.n_head, c.n_embd / c.n_head);
         for (layer, b) in self.blocks.iter().enumerate() {
@@ -374,11 +377,12 @@ impl Gpt2 {
             let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, false);
             let y = y.transpose(1, 2).reshape([batch, seq, c.n_embd]);
             let y = dropout(b.attn_proj.apply(&y, self.compute), c.resid_pdrop, train);
-            x = x + y;
+            // Not `+=`: that adds in place, and autograd saved `x` for backward.
+            x = &x + y;
             let h = layer_norm(&x, &b.ln_2, c.layer_norm_epsilon);
             let h = b.c_fc.apply(&h, self.compute).gelu("tanh");
             let h = dropout(b.mlp_proj.apply(&h, self.compute), c.resid_pdrop, train);
-            x = x + h;
+            x = &x + h;
         }
         if let Some(cache) = cache {
             cache.len = past + seq;

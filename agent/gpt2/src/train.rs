@@ -45,7 +45,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         model.set_compute_kind(Kind::BFloat16);
     }
     let params = model.parameters();
-    let adamw = spec.adamw.clone().unwrap_or_default();
+    let adamw = spec.adamw.unwrap_or_default();
     let mut optimizer = AdamW::new(
         &params,
         AdamWConfig {
@@ -184,7 +184,7 @@ pub(crate) fn peak_memory(device: &device::JobDevice) -> (u64, String) {
 
 /// The spec with every default written in, so the report says exactly what ran.
 fn with_defaults(spec: &Gpt2TrainSpec) -> Gpt2TrainSpec {
-    let a = spec.adamw.clone().unwrap_or_default();
+    let a = spec.adamw.unwrap_or_default();
     Gpt2TrainSpec {
         adamw: Some(AdamWSpec {
             lr: a.lr.or(Some(rules::DEFAULT_LR)),

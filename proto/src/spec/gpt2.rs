@@ -80,23 +80,23 @@ pub fn validate_train(spec: &Gpt2TrainSpec) -> Check {
     at_least_one(K, "batch", spec.batch)?;
     at_least_one(K, "seqLen", spec.seq_len)?;
     at_least_one(K, "steps", spec.steps)?;
-    if let (Some(size), Some(model)) = (&size, &spec.model) {
-        if spec.seq_len > size.n_ctx {
-            return Err(SpecError::new(
-                format!("{K}.seqLen"),
-                format!("must be at most nCtx ({}) of model {}", size.n_ctx, model_name(model)),
-            ));
-        }
+    if let (Some(size), Some(model)) = (&size, &spec.model)
+        && spec.seq_len > size.n_ctx
+    {
+        return Err(SpecError::new(
+            format!("{K}.seqLen"),
+            format!("must be at most nCtx ({}) of model {}", size.n_ctx, model_name(model)),
+        ));
     }
     if let Some(a) = &spec.adamw {
         if let Some(lr) = a.lr {
             positive(&format!("{K}.adamw.lr"), lr)?;
         }
         for (name, beta) in [("beta1", a.beta1), ("beta2", a.beta2)] {
-            if let Some(b) = beta {
-                if !(0.0..1.0).contains(&b) {
-                    return Err(SpecError::new(format!("{K}.adamw.{name}"), "must be in [0, 1)"));
-                }
+            if let Some(b) = beta
+                && !(0.0..1.0).contains(&b)
+            {
+                return Err(SpecError::new(format!("{K}.adamw.{name}"), "must be in [0, 1)"));
             }
         }
         if let Some(eps) = a.eps {
@@ -109,10 +109,10 @@ pub fn validate_train(spec: &Gpt2TrainSpec) -> Check {
     if let Some(clip) = spec.grad_clip {
         non_negative(&format!("{K}.gradClip"), clip)?;
     }
-    if let Some(p) = spec.dropout {
-        if !(0.0..1.0).contains(&p) {
-            return Err(SpecError::new(format!("{K}.dropout"), "must be in [0, 1)"));
-        }
+    if let Some(p) = spec.dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return Err(SpecError::new(format!("{K}.dropout"), "must be in [0, 1)"));
     }
     if let Some(peak) = spec.peak_flops {
         positive(&format!("{K}.peakFlops"), peak)?;
@@ -249,13 +249,13 @@ fn validate_runtime(k: &str, dtype: &str, device: &str, threads: u32) -> Check {
 }
 
 fn token_ids_in_vocab(field: &str, ids: &[u32], size: Option<&Gpt2Size>) -> Check {
-    if let Some(size) = size {
-        if let Some(bad) = ids.iter().find(|&&id| id >= size.vocab_size) {
-            return Err(SpecError::new(
-                field,
-                format!("token id {bad} is outside the vocabulary (vocabSize {})", size.vocab_size),
-            ));
-        }
+    if let Some(size) = size
+        && let Some(bad) = ids.iter().find(|&&id| id >= size.vocab_size)
+    {
+        return Err(SpecError::new(
+            field,
+            format!("token id {bad} is outside the vocabulary (vocabSize {})", size.vocab_size),
+        ));
     }
     Ok(())
 }
