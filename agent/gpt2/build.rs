@@ -1,4 +1,4 @@
-//! Lets binaries and test binaries that link this crate find libtorch without
+//! Lets this crate's test and example binaries find libtorch without
 //! LD_LIBRARY_PATH (torch-sys's own rpath does not reach them), and records the
 //! libtorch version built against for the run configuration in reports.
 use std::{env, fs, path::Path};

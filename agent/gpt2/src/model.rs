@@ -117,16 +117,6 @@ pub struct KvCache {
     len: i64,
 }
 
-impl KvCache {
-    pub fn len(&self) -> i64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 /// Prompts of different lengths, padded on the left to one length: which positions hold
 /// real tokens, and each token's position id (counted from its own first real token).
 pub struct LeftPadding {

@@ -106,5 +106,6 @@ pub fn dtype(spec_dtype: &str) -> &'static str {
 
 /// The spec's seed as libtorch takes it.
 pub fn seed_torch(seed: u64) {
+    // libtorch reads the i64 back as the same 64 bits: every u64 seed stays distinct.
     tch::manual_seed(seed as i64);
 }
