@@ -42,7 +42,11 @@ if [ ! -f .venv/.baton-ready ]; then
   echo "==> python venv .venv (torch 2.11.0, transformers, selenium)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.11.0 transformers safetensors selenium
+  .venv/bin/pip install -q torch==2.11.0 transformers safetensors selenium numpy
   touch .venv/.baton-ready
+fi
+# One stable path to libtorch for tch (see .cargo/config.toml).
+if [ ! -e .venv/torch ]; then
+  ln -s "$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" .venv/torch
 fi
 echo "==> tools ready"

@@ -14,6 +14,8 @@
 #[cfg(feature = "browser")]
 pub mod browser;
 pub mod connection;
+#[cfg(feature = "gpt2")]
+pub mod gpt2;
 pub mod executor;
 pub mod probe;
 pub mod runner;

@@ -82,6 +82,13 @@ async fn main() -> anyhow::Result<()> {
         capabilities.desktop_input = desktop_input;
         executors.push(Arc::new(baton_agent::browser::BrowserExecutor { engine: engine.clone() }));
     }
+    #[cfg(feature = "gpt2")]
+    {
+        let gpt2 = Arc::new(baton_gpt2::probe());
+        capabilities.cuda_devices = gpt2.cuda_devices.clone();
+        capabilities.torch_threads = gpt2.torch_threads;
+        executors.push(Arc::new(baton_agent::gpt2::Gpt2Executor { capabilities: gpt2 }));
+    }
     let (runner, events) = Runner::new(executors);
     let agent_id = args.name.unwrap_or_else(|| format!("{}-{}", baton_proto::telemetry::hostname(), std::process::id()));
     let identity = Identity {

@@ -3,6 +3,7 @@
 //! Layout: this file parses the command line and talks gRPC; [`show`] turns messages
 //! into tables, JSON or YAML. Errors print as one line and exit non-zero.
 
+mod report;
 mod show;
 
 use anyhow::{Context as _, anyhow};
@@ -73,6 +74,8 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// What finished jobs measured, as tables and plots (default: the 10 latest).
+    Report { ids: Vec<String> },
     /// List agents and what they offer.
     Agents,
     /// Let an agent finish its jobs and take no new ones.
@@ -165,6 +168,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_inner();
             out.jobs(&page.jobs)?;
+        }
+        Command::Report { ids } => {
+            let found = if ids.is_empty() {
+                let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled].map(|s| s as i32).to_vec();
+                let request = ListJobsRequest { states: finished, page_size: 10, ..Default::default() };
+                let mut latest = jobs.list_jobs(request).await?.into_inner().jobs;
+                latest.reverse();
+                latest
+            } else {
+                let mut found = Vec::new();
+                for id in ids {
+                    found.push(jobs.get_job(GetJobRequest { id }).await?.into_inner());
+                }
+                found
+            };
+            if !out.jobs_data(&found)? {
+                report::print(&found);
+            }
         }
         Command::Cancel { id, reason } => out.job(&jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner())?,
         Command::Agents => {

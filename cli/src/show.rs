@@ -65,6 +65,11 @@ impl Output {
         Ok(())
     }
 
+    /// Prints the jobs as JSON or YAML when that is the format; false for tables.
+    pub fn jobs_data(&self, jobs: &[Job]) -> anyhow::Result<bool> {
+        self.data(&jobs)
+    }
+
     pub fn jobs(&self, jobs: &[Job]) -> anyhow::Result<()> {
         if self.data(&jobs)? {
             return Ok(());

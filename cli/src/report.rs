@@ -1,0 +1,184 @@
+//! `baton report`: what each finished job measured, as tables and small plots in the terminal.
+
+use baton_proto::job::display_name;
+use baton_proto::v1::{
+    BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, PhaseStats, job_result,
+};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+
+pub fn print(jobs: &[Job]) {
+    for job in jobs {
+        let name = job.spec.as_ref().map(display_name).unwrap_or("");
+        println!("\n━━ {name} ({}) — {} ━━", job.id, job.state().short_name());
+        if !job.reason.is_empty() {
+            println!("reason: {}", job.reason);
+        }
+        match job.result.as_ref().and_then(|r| r.kind.as_ref()) {
+            Some(job_result::Kind::Gpt2Train(r)) => train(r),
+            Some(job_result::Kind::Gpt2Infer(r)) => infer(r),
+            Some(job_result::Kind::Browser(r)) => browser(r),
+            Some(job_result::Kind::Sleep(s)) => println!("slept {} ms", s.slept_ms),
+            Some(job_result::Kind::Noop(_)) => println!("noop"),
+            None => println!("no result"),
+        }
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header);
+    t
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+}
+
+/// A horizontal bar, `width` cells for `max`.
+fn bar(value: f64, max: f64, width: usize) -> String {
+    if max <= 0.0 || !value.is_finite() {
+        return String::new();
+    }
+    let eighths = ((value / max).clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
+    let partial = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    format!("{}{}", "█".repeat(eighths / 8), partial[eighths % 8])
+}
+
+/// A one-line plot of a series (e.g. the loss per step).
+fn sparkline(values: &[f64]) -> String {
+    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+    let ticks = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    values
+        .iter()
+        .map(|v| if hi > lo { ticks[(((v - lo) / (hi - lo)) * 7.0).round() as usize] } else { ticks[3] })
+        .collect()
+}
+
+fn config_line(c: &Gpt2RunConfig) -> String {
+    format!(
+        "{} ({:.1}M parameters), {} on {} ({}), {} torch threads of {} cores, seed {}, torch {}, tch {}",
+        c.model,
+        c.parameters as f64 / 1e6,
+        c.dtype,
+        c.device,
+        c.device_name,
+        c.torch_threads,
+        c.cpu_cores,
+        c.seed,
+        c.torch_version,
+        c.tch_version
+    )
+}
+
+fn phase_rows(t: &mut Table, rows: &[(&str, Option<&PhaseStats>)]) {
+    let max = rows.iter().filter_map(|(_, p)| p.map(|p| p.p50_ms)).fold(0.0, f64::max);
+    for (name, stats) in rows {
+        let Some(p) = stats else { continue };
+        t.add_row([
+            name.to_string(),
+            p.count.to_string(),
+            ms(p.mean_ms),
+            ms(p.p50_ms),
+            ms(p.p90_ms),
+            ms(p.p99_ms),
+            ms(p.min_ms),
+            ms(p.max_ms),
+            bar(p.p50_ms, max, 20),
+        ]);
+    }
+}
+
+fn train(r: &Gpt2TrainReport) {
+    if let Some(c) = &r.config {
+        println!("{}", config_line(c));
+    }
+    let mut t = table(&["phase (ms)", "count", "mean", "p50", "p90", "p99", "min", "max", "p50"]);
+    phase_rows(
+        &mut t,
+        &[
+            ("data", r.data.as_ref()),
+            ("forward + loss", r.forward.as_ref()),
+            ("backward", r.backward.as_ref()),
+            ("clip + optimizer", r.optimizer.as_ref()),
+            ("whole step", r.step.as_ref()),
+        ],
+    );
+    println!("{t}");
+    println!(
+        "{:.0} tokens/s · {:.2} GFLOP/s achieved · MFU {:.1}% of {:.1} GFLOP/s ({}) · peak memory {:.0} MiB ({})",
+        r.tokens_per_s,
+        r.achieved_flops_per_s / 1e9,
+        r.mfu * 100.0,
+        r.peak_flops_per_s / 1e9,
+        r.peak_source,
+        r.peak_memory_bytes as f64 / (1 << 20) as f64,
+        r.peak_memory_source
+    );
+    if let (Some(first), Some(last)) = (r.loss.first(), r.loss.last()) {
+        println!("loss {first:.3} → {last:.3}  {}", sparkline(&r.loss));
+    }
+}
+
+fn infer(r: &Gpt2InferReport) {
+    if let Some(c) = &r.config {
+        println!("{}", config_line(c));
+    }
+    let mut t = table(&["figure (ms)", "count", "mean", "p50", "p90", "p99", "min", "max", "p50"]);
+    phase_rows(&mut t, &[("time per output token", r.tpot.as_ref())]);
+    println!("{t}");
+    println!(
+        "time to first token {} ms · {:.1} tokens/s · {} prompt tokens · {} ms in all",
+        ms(r.ttft_ms),
+        r.tokens_per_s,
+        r.prompt_tokens,
+        ms(r.total_ms)
+    );
+    for (i, g) in r.generations.iter().enumerate() {
+        println!("[{i}] {:?}", g.text);
+    }
+}
+
+fn browser(r: &BrowserReport) {
+    println!("{} {} · {} mode · {} repeat(s)", r.browser, r.browser_version, r.mode, r.repeats.len());
+    let max = r.summary.iter().map(|f| f.median).fold(0.0, f64::max);
+    let mut t = table(&["step", "figure (ms)", "count", "median", "p90", "min", "max", "median"]);
+    for f in &r.summary {
+        t.add_row([
+            f.step.clone(),
+            f.figure.clone(),
+            f.count.to_string(),
+            ms(f.median),
+            ms(f.p90),
+            ms(f.min),
+            ms(f.max),
+            bar(f.median, max, 20),
+        ]);
+    }
+    println!("{t}");
+    if let Some(f) = &r.failure {
+        println!(
+            "failed at step {} {:?} (repeat {}): {} — page {} — screenshot {} bytes — console errors: {}",
+            f.step_number,
+            f.step_name,
+            f.repeat,
+            f.reason,
+            f.page_url,
+            f.screenshot_png.len(),
+            if f.console_errors.is_empty() { "none".to_string() } else { f.console_errors.join("; ") }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_scale_to_their_range() {
+        assert_eq!(bar(10.0, 10.0, 4), "████");
+        assert_eq!(bar(5.0, 10.0, 4), "██");
+        assert_eq!(bar(1.0, 8.0, 1), "▏");
+        assert_eq!(sparkline(&[3.0, 2.0, 1.0]), "█▅▁");
+    }
+}
