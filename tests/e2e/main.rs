@@ -3,5 +3,6 @@
 
 mod backbone;
 mod browser;
+mod gpt2;
 mod invalid;
 mod traces;
