@@ -280,3 +280,21 @@ async fn the_cli_submits_waits_and_prints_tables_and_json() {
     assert_eq!(code, 0);
     assert!(out.contains("a1") && out.contains("ready"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_stopped_and_retried_then_failed() {
+    let mut cluster = Cluster::start(&[], &[]).await;
+    cluster.add_agent("a1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+    let spec = JobSpec {
+        timeout: Some(pbjson_types::Duration { seconds: 0, nanos: 300_000_000 }),
+        max_attempts: 2,
+        ..sleep_spec(60_000)
+    };
+    let id = client.submit_job(request(spec)).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(10)).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(job.attempt, 2, "a timed-out attempt is retried while attempts remain");
+    assert_eq!(job.reason, "timed out after 300ms (attempt 2 of 2)");
+}
