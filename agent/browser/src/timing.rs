@@ -1,6 +1,7 @@
 //! Timing read from the browser itself: the page-side scripts, their parsing, and the
 //! summary statistics across repeats.
 
+use baton_proto::stats::percentile;
 use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming};
 use serde::Deserialize;
 
@@ -236,12 +237,6 @@ pub(crate) fn summarize(step: &str, figure: &str, values: &[f64]) -> Option<Figu
         min: v[0],
         max: v[v.len() - 1],
     })
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Summaries of timings: count, mean, percentiles (linear interpolation, as numpy), min, max.
 
+use baton_proto::stats::percentile;
 use baton_proto::v1::PhaseStats;
 
 pub fn phase_stats(ms: &[f64]) -> PhaseStats {
@@ -11,20 +12,14 @@ pub fn phase_stats(ms: &[f64]) -> PhaseStats {
     PhaseStats {
         count: sorted.len() as u64,
         mean_ms: sorted.iter().sum::<f64>() / sorted.len() as f64,
-        p50_ms: percentile(&sorted, 50.0),
-        p90_ms: percentile(&sorted, 90.0),
-        p99_ms: percentile(&sorted, 99.0),
+        p50_ms: percentile(&sorted, 0.5),
+        p90_ms: percentile(&sorted, 0.9),
+        p99_ms: percentile(&sorted, 0.99),
         min_ms: sorted[0],
         max_ms: sorted[sorted.len() - 1],
     }
 }
 
-/// The q-th percentile of sorted values, interpolating between neighbours.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = q / 100.0 * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-}
 
 #[cfg(test)]
 mod tests {
