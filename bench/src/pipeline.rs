@@ -8,6 +8,7 @@
 //!
 //! `cargo build --release --bins && target/release/bench-pipeline [--jobs N]`
 
+use baton_bench::percentile;
 use baton_proto::job::to_system_time;
 use baton_proto::v1::{JobSpec, JobState, ListJobsRequest, NoopSpec, SubmitJobRequest, SubmitJobsRequest, WatchJobRequest, job_spec};
 use baton_tests::Cluster;
@@ -19,11 +20,6 @@ fn noop() -> SubmitJobRequest {
         spec: Some(JobSpec { kind: Some(job_spec::Kind::Noop(NoopSpec {})), ..Default::default() }),
         idempotency_key: String::new(),
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn latency(cluster: &Cluster, samples: usize) -> (f64, f64) {
@@ -85,11 +81,7 @@ async fn throughput(cluster: &Cluster, jobs: usize, batch: usize, in_flight: usi
 
 #[tokio::main]
 async fn main() {
-    let jobs: usize = std::env::args()
-        .skip_while(|a| a != "--jobs")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let jobs = baton_bench::flag_usize("--jobs", 50_000);
     println!("baton pipeline benchmark: noop jobs, redb store with a durable commit per batch, loopback gRPC");
     println!("{:>7} | {:>14} | {:>14} | {:>14} | {:>12}", "agents", "dispatch p50", "dispatch p99", "throughput", "jobs/commit");
     for agents in [1usize, 8] {
