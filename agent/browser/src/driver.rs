@@ -127,6 +127,14 @@ async fn launch(binary: &Path, display: Option<&str>) -> Result<Running, Browser
         // Its own process group, so shutdown can stop the driver and every browser it started.
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours. With it the kernel
+    // kills the driver when the agent dies, even by SIGKILL, so none is left behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     if is_geckodriver(binary) {
         cmd.arg("--host=127.0.0.1");
     }
