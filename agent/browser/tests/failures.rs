@@ -40,7 +40,7 @@ async fn a_selector_that_matches_nothing_fails_naming_the_step_with_a_screenshot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_runs_leave_no_browser_or_driver_behind() {
+async fn fifty_mixed_runs_leave_no_browser_or_driver_behind() {
     let _one = exclusive().await;
     let base = site().await;
     let engine = engine(BrowserConfig::default()).await;
@@ -48,7 +48,7 @@ async fn many_runs_leave_no_browser_or_driver_behind() {
     let bad = spec(&format!(
         r#"{{"steps":[{{"open":{{"url":"{base}/login"}}}},{{"find":{{"locator":{{"id":"nope"}},"click":true,"timeoutMs":100}}}}]}}"#
     ));
-    for i in 0..20 {
+    for i in 0..50 {
         let result = engine
             .run(
                 if i % 2 == 0 { &ok } else { &bad },
