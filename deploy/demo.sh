@@ -26,6 +26,7 @@ wait_port() { # port name
 start jaeger jaeger --config deploy/jaeger/memory.yaml
 wait_port 16686 jaeger
 export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317
+export OTEL_BSP_SCHEDULE_DELAY=1000   # export spans every second (default 5 s)
 export BATON_COORDINATOR=http://127.0.0.1:7070
 start coordinator baton-coordinator --listen 127.0.0.1:7070 --data-dir "$work/data"
 wait_port 7070 coordinator
@@ -43,7 +44,7 @@ for spec in examples/gpt2-train.json examples/browser-login.json; do
   ids+=("$id")
 done
 baton report "${ids[@]}"
-sleep 6 # the agent's span exporter flushes every few seconds
+sleep 4 # let the span exporters flush
 for id in "${ids[@]}"; do
   trace=$(baton get "$id" -o json | sed -n 's/^  "traceId": "\(.*\)",$/\1/p')
   echo

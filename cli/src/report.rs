@@ -141,18 +141,23 @@ fn infer(r: &Gpt2InferReport) {
 
 fn browser(r: &BrowserReport) {
     println!("{} {} · {} mode · {} repeat(s)", r.browser, r.browser_version, r.mode, r.repeats.len());
-    let max = r.summary.iter().map(|f| f.median).fold(0.0, f64::max);
-    let mut t = table(&["step", "figure (ms)", "count", "median", "p90", "min", "max", "median"]);
+    // Bars compare times; counts and bytes get none.
+    let is_time = |figure: &str| figure.ends_with("Ms");
+    let max = r.summary.iter().filter(|f| is_time(&f.figure)).map(|f| f.median).fold(0.0, f64::max);
+    let mut t = table(&["step", "figure", "count", "median", "p90", "min", "max", "median"]);
     for f in &r.summary {
+        let time = is_time(&f.figure);
+        let show = |v: f64| if time { ms(v) } else { format!("{v:.0}") };
+        let step = if f.step.is_empty() { "(scenario)" } else { f.step.as_str() };
         t.add_row([
-            f.step.clone(),
+            step.to_string(),
             f.figure.clone(),
             f.count.to_string(),
-            ms(f.median),
-            ms(f.p90),
-            ms(f.min),
-            ms(f.max),
-            bar(f.median, max, 20),
+            show(f.median),
+            show(f.p90),
+            show(f.min),
+            show(f.max),
+            if time { bar(f.median, max, 20) } else { String::new() },
         ]);
     }
     println!("{t}");
