@@ -211,6 +211,25 @@ mod tests {
     }
 
     #[test]
+    fn jobs_go_only_to_agents_that_have_what_they_need() {
+        let spec = |json: &str| parse_request(json).unwrap().spec.unwrap();
+        let headless = spec(r#"{"spec":{"browser":{"steps":[{"open":{"url":"http://127.0.0.1/"}}]}}}"#);
+        let headed = spec(r#"{"spec":{"browser":{"headless":false,"steps":[{"open":{"url":"http://127.0.0.1/"}}]}}}"#);
+        let cuda = spec(r#"{"spec":{"gpt2Train":{"model":{"preset":"gpt2"},"device":"cuda:0"}}}"#);
+        let bare = Capabilities::default();
+        let chrome = Capabilities {
+            browsers: vec![crate::v1::BrowserInfo { name: "chrome".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        assert_eq!(agent_mismatch(&headless, &bare).as_deref(), Some("browser chrome is required"));
+        assert_eq!(agent_mismatch(&headless, &chrome), None);
+        assert_eq!(agent_mismatch(&headed, &chrome).as_deref(), Some("an X display is required (headed browser)"));
+        let with_display = Capabilities { display: ":99".into(), ..chrome };
+        assert_eq!(agent_mismatch(&headed, &with_display), None);
+        assert_eq!(agent_mismatch(&cuda, &with_display).as_deref(), Some("a CUDA device is required"));
+    }
+
+    #[test]
     fn normalize_fills_defaults() {
         let mut s = sleep_spec(1);
         normalize(&mut s);
