@@ -1,7 +1,6 @@
 //! Timing read from the browser itself: the page-side scripts, their parsing, and the
 //! summary statistics across repeats.
 
-use baton_proto::stats::percentile;
 use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming};
 use serde::Deserialize;
 
@@ -223,19 +222,15 @@ pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
 
 /// Median, p90 (linear interpolation between closest ranks), min and max.
 pub(crate) fn summarize(step: &str, figure: &str, values: &[f64]) -> Option<FigureSummary> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
+    let s = baton_proto::stats::summarize(values)?;
     Some(FigureSummary {
         step: step.to_string(),
         figure: figure.to_string(),
-        count: v.len() as u32,
-        median: percentile(&v, 0.5),
-        p90: percentile(&v, 0.9),
-        min: v[0],
-        max: v[v.len() - 1],
+        count: s.count as u32,
+        median: s.p50,
+        p90: s.p90,
+        min: s.min,
+        max: s.max,
     })
 }
 

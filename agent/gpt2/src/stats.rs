@@ -1,25 +1,21 @@
 //! Summaries of timings: count, mean, percentiles (linear interpolation, as numpy), min, max.
 
-use baton_proto::stats::percentile;
+use baton_proto::stats::summarize;
 use baton_proto::v1::PhaseStats;
 
 pub fn phase_stats(ms: &[f64]) -> PhaseStats {
-    if ms.is_empty() {
-        return PhaseStats::default();
-    }
-    let mut sorted = ms.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    PhaseStats {
-        count: sorted.len() as u64,
-        mean_ms: sorted.iter().sum::<f64>() / sorted.len() as f64,
-        p50_ms: percentile(&sorted, 0.5),
-        p90_ms: percentile(&sorted, 0.9),
-        p99_ms: percentile(&sorted, 0.99),
-        min_ms: sorted[0],
-        max_ms: sorted[sorted.len() - 1],
-    }
+    summarize(ms)
+        .map(|s| PhaseStats {
+            count: s.count as u64,
+            mean_ms: s.mean,
+            p50_ms: s.p50,
+            p90_ms: s.p90,
+            p99_ms: s.p99,
+            min_ms: s.min,
+            max_ms: s.max,
+        })
+        .unwrap_or_default()
 }
-
 
 #[cfg(test)]
 mod tests {
