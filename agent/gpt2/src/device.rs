@@ -16,12 +16,35 @@ pub struct Gpt2Capabilities {
 }
 
 /// Probes CUDA devices (loading libtorch_cuda first when an NVIDIA driver is present),
-/// libtorch's default thread count and available memory. Called once at agent start.
+/// libtorch's default thread count and available memory. Called once at agent start,
+/// before any tensor exists: it also puts large CPU tensors on huge pages
+/// ([`use_huge_pages`]).
 pub fn probe() -> Gpt2Capabilities {
+    use_huge_pages();
     Gpt2Capabilities {
         cuda_devices: cuda_devices(),
         torch_threads: u32::try_from(tch::get_num_threads()).unwrap_or(1).max(1),
         memory_bytes: available_memory_bytes(),
+    }
+}
+
+/// Asks libtorch's CPU allocator to put tensors of 2 MiB and more on transparent huge
+/// pages (`THP_MEM_ALLOC_ENABLE=1`: 2 MiB alignment and `madvise(MADV_HUGEPAGE)`), unless
+/// the environment already says either way. Generation streams all ~0.5 GB of GPT-2
+/// 124M's weights per token and training walks GBs of activations and gradients; with
+/// 4 KiB pages a TLB entry covers only 4 KiB of that. Measured on a 2-core VM (fp32, 2 threads,
+/// median of 6 runs): train step 4×128 p50 2357 → 2063 ms; generation unchanged within
+/// that machine's noise (a decode step is already about one read of the weights from
+/// memory). Results are unchanged (same kernels, same memory contents).
+///
+/// libtorch reads the variable once, at its first CPU allocation, so this only takes
+/// effect when called before any tensor is made; later calls change nothing.
+pub fn use_huge_pages() {
+    const VAR: &str = "THP_MEM_ALLOC_ENABLE";
+    if std::env::var_os(VAR).is_none() {
+        // SAFETY: called at start-up (the agent's `probe`, `run_spec`), before any job runs;
+        // nothing else reads or writes the environment at that point.
+        unsafe { std::env::set_var(VAR, "1") };
     }
 }
 
