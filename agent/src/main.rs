@@ -66,8 +66,17 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "gpt2")]
+    // SAFETY: before the runtime starts the process has one thread, so changing the
+    // environment races with nothing.
+    unsafe {
+        baton_gpt2::device::use_huge_pages()
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = baton_proto::telemetry::init("baton-agent");
     let mut executors: Vec<Arc<dyn Executor>> = vec![Arc::new(Builtin)];

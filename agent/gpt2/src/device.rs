@@ -17,10 +17,8 @@ pub struct Gpt2Capabilities {
 
 /// Probes CUDA devices (loading libtorch_cuda first when an NVIDIA driver is present),
 /// libtorch's default thread count and available memory. Called once at agent start,
-/// before any tensor exists: it also puts large CPU tensors on huge pages
-/// ([`use_huge_pages`]).
+/// after [`use_huge_pages`].
 pub fn probe() -> Gpt2Capabilities {
-    use_huge_pages();
     Gpt2Capabilities {
         cuda_devices: cuda_devices(),
         torch_threads: u32::try_from(tch::get_num_threads()).unwrap_or(1).max(1),
@@ -39,11 +37,14 @@ pub fn probe() -> Gpt2Capabilities {
 ///
 /// libtorch reads the variable once, at its first CPU allocation, so this only takes
 /// effect when called before any tensor is made; later calls change nothing.
-pub fn use_huge_pages() {
+///
+/// # Safety
+/// It sets an environment variable: call it while the process has one thread (first
+/// thing in `main`, before any runtime starts).
+pub unsafe fn use_huge_pages() {
     const VAR: &str = "THP_MEM_ALLOC_ENABLE";
     if std::env::var_os(VAR).is_none() {
-        // SAFETY: called at start-up (the agent's `probe`, `run_spec`), before any job runs;
-        // nothing else reads or writes the environment at that point.
+        // SAFETY: the caller guarantees the process is still single-threaded.
         unsafe { std::env::set_var(VAR, "1") };
     }
 }
