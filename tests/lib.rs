@@ -47,7 +47,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(label: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!("baton-{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "baton-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         Self(dir)
@@ -286,7 +290,8 @@ impl Jaeger {
             async move {
                 let v = http_get_json(&url).ok()?;
                 let trace = v["data"].get(0)?.clone();
-                let names: Vec<&str> = trace["spans"].as_array()?.iter().filter_map(|s| s["operationName"].as_str()).collect();
+                let names: Vec<&str> =
+                    trace["spans"].as_array()?.iter().filter_map(|s| s["operationName"].as_str()).collect();
                 required.iter().all(|r| names.contains(r)).then_some(())?;
                 Some(trace)
             }
@@ -297,12 +302,8 @@ impl Jaeger {
 
 /// GET a JSON document over plain HTTP.
 pub fn http_get_json(url: &str) -> Result<serde_json::Value, String> {
-    let body = ureq::get(url)
-        .call()
-        .map_err(|e| e.to_string())?
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
+    let body =
+        ureq::get(url).call().map_err(|e| e.to_string())?.body_mut().read_to_string().map_err(|e| e.to_string())?;
     serde_json::from_str(&body).map_err(|e| e.to_string())
 }
 

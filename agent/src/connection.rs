@@ -44,7 +44,8 @@ pub async fn run(
             backoff = MIN_BACKOFF;
         }
         // Up to 100 ms of jitter, from the clock's nanoseconds, spreads a fleet's reconnects.
-        let jitter = Duration::from_millis(u64::from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().subsec_nanos() % 100));
+        let jitter =
+            Duration::from_millis(u64::from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().subsec_nanos() % 100));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff + jitter) => {}

@@ -59,7 +59,11 @@ impl Executor for Builtin {
                     let done = start.elapsed().as_secs_f64() / total.as_secs_f64();
                     ctx.report(Progress {
                         fraction: done.min(1.0),
-                        message: format!("slept {} of {} ms", start.elapsed().as_millis().min(total.as_millis()), total.as_millis()),
+                        message: format!(
+                            "slept {} of {} ms",
+                            start.elapsed().as_millis().min(total.as_millis()),
+                            total.as_millis()
+                        ),
                         ..Default::default()
                     });
                 }

@@ -14,8 +14,8 @@
 #[cfg(feature = "browser")]
 pub mod browser;
 pub mod connection;
+pub mod executor;
 #[cfg(feature = "gpt2")]
 pub mod gpt2;
-pub mod executor;
 pub mod probe;
 pub mod runner;

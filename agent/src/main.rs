@@ -99,7 +99,8 @@ async fn run() -> anyhow::Result<()> {
         executors.push(Arc::new(baton_agent::gpt2::Gpt2Executor { capabilities: gpt2 }));
     }
     let (runner, events) = Runner::new(executors);
-    let agent_id = args.name.unwrap_or_else(|| format!("{}-{}", baton_proto::telemetry::hostname(), std::process::id()));
+    let agent_id =
+        args.name.unwrap_or_else(|| format!("{}-{}", baton_proto::telemetry::hostname(), std::process::id()));
     let identity = Identity {
         agent_id: agent_id.clone(),
         slots: args.slots,

@@ -6,8 +6,7 @@ use crate::executor::{ExecError, Executor};
 use baton_proto::context::JobContext;
 use baton_proto::job::{kind_name, to_duration};
 use baton_proto::v1::{
-    AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobResult, JobStarted, agent_message,
-    job_finished,
+    AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobResult, JobStarted, agent_message, job_finished,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

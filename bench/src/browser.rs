@@ -42,17 +42,9 @@ fn login_at(site: &Site) -> SubmitJobRequest {
 /// One baton job's figures in the order of FIGURES.
 fn figures(report: &BrowserReport, total_ms: f64) -> [f64; 9] {
     let rep = report.repeats.first().expect("one repeat");
-    let open = rep
-        .steps
-        .iter()
-        .find(|s| s.kind == "open")
-        .expect("an open step");
+    let open = rep.steps.iter().find(|s| s.kind == "open").expect("an open step");
     let page = open.page.as_ref().expect("the open step's page timing");
-    let interaction = rep
-        .steps
-        .iter()
-        .find_map(|s| s.interaction.as_ref())
-        .expect("the click → dashboard interaction");
+    let interaction = rep.steps.iter().find_map(|s| s.interaction.as_ref()).expect("the click → dashboard interaction");
     [
         rep.session_start_ms,
         open.wall_ms,
@@ -86,10 +78,7 @@ async fn main() {
         };
         version = report.browser_version.clone();
         if i >= WARMUP {
-            for (column, v) in baton
-                .iter_mut()
-                .zip(figures(&report, wall.as_secs_f64() * 1e3))
-            {
+            for (column, v) in baton.iter_mut().zip(figures(&report, wall.as_secs_f64() * 1e3)) {
                 column.push(v);
             }
         }
@@ -102,60 +91,32 @@ async fn main() {
     drop(cluster);
 
     eprintln!("selenium: {WARMUP} warm-up + {repeat} runs of bench/browser/reference.py");
-    let args = vec![
-        "--repeat".to_string(),
-        (WARMUP + repeat).to_string(),
-        "--url".into(),
-        format!("{}/login", site.base),
-    ];
+    let args =
+        vec!["--repeat".to_string(), (WARMUP + repeat).to_string(), "--url".into(), format!("{}/login", site.base)];
     let reference = run_python_json("bench/browser/reference.py", &args);
     let runs = reference["runs"].as_array().expect("the reference's runs");
-    assert_eq!(
-        runs.len(),
-        WARMUP + repeat,
-        "the reference ran every repeat"
-    );
+    assert_eq!(runs.len(), WARMUP + repeat, "the reference ran every repeat");
     let selenium: Vec<Vec<f64>> = FIGURES
         .iter()
-        .map(|(_, key)| {
-            runs[WARMUP..]
-                .iter()
-                .map(|r| json_f64(r, &format!("/{key}")))
-                .collect()
-        })
+        .map(|(_, key)| runs[WARMUP..].iter().map(|r| json_f64(r, &format!("/{key}"))).collect())
         .collect();
 
     println!(
         "login flow, {repeat} runs each (after {WARMUP} warm-up), Chromium {version}, headless, fresh profile per run; ms"
     );
-    let mut table = Table::new(&[
-        "figure",
-        "baton median",
-        "baton p90",
-        "selenium median",
-        "selenium p90",
-        "ratio (median)",
-    ]);
+    let mut table =
+        Table::new(&["figure", "baton median", "baton p90", "selenium median", "selenium p90", "ratio (median)"]);
     for (i, (label, _)) in FIGURES.iter().enumerate() {
         let (bm, b90) = median_p90(&baton[i]);
         let (sm, s90) = median_p90(&selenium[i]);
-        table.row(vec![
-            label.to_string(),
-            num(bm, 1),
-            num(b90, 1),
-            num(sm, 1),
-            num(s90, 1),
-            ratio(bm, sm),
-        ]);
+        table.row(vec![label.to_string(), num(bm, 1), num(b90, 1), num(sm, 1), num(s90, 1), ratio(bm, sm)]);
     }
     table.print();
     let total = FIGURES.len() - 1;
     let (bt, _) = median_p90(&baton[total]);
     let (st, _) = median_p90(&selenium[total]);
     println!();
-    println!(
-        "baton total = submit → result on the client (coordinator, agent, browser start, flow, quit, report);"
-    );
+    println!("baton total = submit → result on the client (coordinator, agent, browser start, flow, quit, report);");
     println!("selenium total = webdriver.Chrome() (chromedriver + browser start) → quit.");
     println!(
         "aim: end-to-end ≤ 1.05× the direct script: {} ({})",

@@ -26,9 +26,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Self {
-            rows: vec![header.iter().map(|h| h.to_string()).collect()],
-        }
+        Self { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -38,37 +36,21 @@ impl Table {
     pub fn print(&self) {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let width: Vec<usize> = (0..cols)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
             .collect();
         for (i, row) in self.rows.iter().enumerate() {
             let line: Vec<String> = row
                 .iter()
                 .enumerate()
-                .map(|(c, cell)| {
-                    if c == 0 {
-                        format!("{cell:<w$}", w = width[c])
-                    } else {
-                        format!("{cell:>w$}", w = width[c])
-                    }
-                })
+                .map(
+                    |(c, cell)| {
+                        if c == 0 { format!("{cell:<w$}", w = width[c]) } else { format!("{cell:>w$}", w = width[c]) }
+                    },
+                )
                 .collect();
             println!("{}", line.join(" | ").trim_end());
             if i == 0 {
-                println!(
-                    "{}",
-                    width
-                        .iter()
-                        .map(|w| "-".repeat(*w))
-                        .collect::<Vec<_>>()
-                        .join("-|-")
-                );
+                println!("{}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-|-"));
             }
         }
     }
@@ -81,55 +63,30 @@ pub fn num(v: f64, decimals: usize) -> String {
 
 /// `a / b` as "0.93×", or "-" when b is zero.
 pub fn ratio(a: f64, b: f64) -> String {
-    if b == 0.0 {
-        "-".into()
-    } else {
-        format!("{:.2}×", a / b)
-    }
+    if b == 0.0 { "-".into() } else { format!("{:.2}×", a / b) }
 }
 
 /// Submits a job, follows it with WatchJob to its terminal state and returns the final
 /// job with the client's wall time from sending the submit to receiving that state.
 /// Panics when the job does not succeed.
-pub async fn run_job(
-    client: &mut JobServiceClient<Channel>,
-    req: SubmitJobRequest,
-) -> (Job, Duration) {
+pub async fn run_job(client: &mut JobServiceClient<Channel>, req: SubmitJobRequest) -> (Job, Duration) {
     let started = Instant::now();
-    let id = client
-        .submit_job(req)
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
-    let mut watch = client
-        .watch_job(WatchJobRequest { id: id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
+    let id = client.submit_job(req).await.expect("submit").into_inner().id;
+    let mut watch = client.watch_job(WatchJobRequest { id: id.clone() }).await.expect("watch").into_inner();
     let mut last = None;
     while let Some(job) = watch.message().await.expect("watching") {
         last = Some(job);
     }
     let wall = started.elapsed();
     let job = last.unwrap_or_else(|| panic!("job {id}: the watch ended without a job"));
-    assert_eq!(
-        job.state(),
-        JobState::Succeeded,
-        "job {id} did not succeed: {}",
-        job.reason
-    );
+    assert_eq!(job.state(), JobState::Succeeded, "job {id} did not succeed: {}", job.reason);
     (job, wall)
 }
 
 /// The Python of the workspace's .venv (torch, transformers, selenium).
 pub fn python() -> PathBuf {
     let venv = baton_tests::workspace().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run deploy/install.sh",
-        venv.display()
-    );
+    assert!(venv.exists(), "{} is missing: run deploy/install.sh", venv.display());
     venv
 }
 
@@ -160,8 +117,7 @@ pub fn run_python_json(script: &str, args: &[String]) -> serde_json::Value {
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -174,9 +130,5 @@ pub fn json_f64(v: &serde_json::Value, pointer: &str) -> f64 {
 
 /// The value of `--flag N` on the command line, or `default`.
 pub fn flag_usize(flag: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != flag)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::args().skip_while(|a| a != flag).nth(1).and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -18,8 +18,7 @@ const SCRIPT: &str = "bench/gpt2/reference.py";
 
 async fn baton_job(client: &mut Client, spec: &str) -> job_result::Kind {
     let path = workspace().join(spec);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let req = baton_proto::spec::parse_request(&text).unwrap_or_else(|e| panic!("{spec}: {e}"));
     eprintln!("baton: {spec}");
     let (job, _) = run_job(client, req).await;
@@ -57,12 +56,9 @@ async fn train(client: &mut Client, spec: &str) -> (Gpt2TrainReport, serde_json:
     let config = report.config.clone().expect("the run's config");
     let s = report.spec.clone().expect("the spec as run");
     let mut args = common_args("train", &config);
-    for (flag, v) in [
-        ("--batch", s.batch),
-        ("--seq-len", s.seq_len),
-        ("--steps", s.steps),
-        ("--warmup-steps", s.warmup_steps),
-    ] {
+    for (flag, v) in
+        [("--batch", s.batch), ("--seq-len", s.seq_len), ("--steps", s.steps), ("--warmup-steps", s.warmup_steps)]
+    {
         args.extend([flag.to_string(), v.to_string()]);
     }
     let mut best: Option<serde_json::Value> = None;
@@ -87,11 +83,7 @@ async fn infer(client: &mut Client, spec: &str) -> (Gpt2InferReport, serde_json:
     };
     let config = report.config.clone().expect("the run's config");
     let s = report.spec.clone().expect("the spec as run");
-    assert_eq!(
-        s.prompt_ids.len(),
-        1,
-        "{spec}: the reference takes one prompt given as ids"
-    );
+    assert_eq!(s.prompt_ids.len(), 1, "{spec}: the reference takes one prompt given as ids");
     let ids: Vec<String> = s.prompt_ids[0].ids.iter().map(u32::to_string).collect();
     let mut args = common_args("infer", &config);
     args.extend([
@@ -112,14 +104,7 @@ fn phase(p: &Option<PhaseStats>) -> &PhaseStats {
 }
 
 fn row(table: &mut Table, label: &str, unit: &str, baton: f64, eager: f64, aim: &str) {
-    table.row(vec![
-        label.into(),
-        unit.into(),
-        num(baton, 1),
-        num(eager, 1),
-        ratio(baton, eager),
-        aim.into(),
-    ]);
+    table.row(vec![label.into(), unit.into(), num(baton, 1), num(eager, 1), ratio(baton, eager), aim.into()]);
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -136,10 +121,9 @@ async fn main() {
     let mut table = Table::new(&["figure", "unit", "baton", "eager", "baton/eager", "aim"]);
     let mut verdicts = Vec::new();
     let mut device = String::new();
-    for (spec, label, aim) in [
-        ("bench/gpt2/train-1x128.json", "1x128", 0.75),
-        ("bench/gpt2/train-4x128.json", "4x128", 0.9),
-    ] {
+    for (spec, label, aim) in
+        [("bench/gpt2/train-1x128.json", "1x128", 0.75), ("bench/gpt2/train-4x128.json", "4x128", 0.9)]
+    {
         let (b, e) = train(&mut client, spec).await;
         let config = b.config.as_ref().expect("config");
         device = format!(
@@ -186,49 +170,15 @@ async fn main() {
     }
     let (b, e) = infer(&mut client, "bench/gpt2/infer-64.json").await;
     let (bt, et) = (b.tokens_per_s, json_f64(&e, "/tokensPerS"));
-    row(
-        &mut table,
-        "generate 64 tokens/s",
-        "tok/s",
-        bt,
-        et,
-        "≥ 1.5×",
-    );
-    row(
-        &mut table,
-        "generate 64 TPOT p50",
-        "ms",
-        phase(&b.tpot).p50_ms,
-        json_f64(&e, "/tpot/p50Ms"),
-        "",
-    );
-    row(
-        &mut table,
-        "generate 64 TTFT",
-        "ms",
-        b.ttft_ms,
-        json_f64(&e, "/ttftMs"),
-        "",
-    );
-    row(
-        &mut table,
-        "generate 64 tokens/s, HF generate()",
-        "tok/s",
-        bt,
-        json_f64(&e, "/generateTokensPerS"),
-        "",
-    );
-    verdicts.push(format!(
-        "generation ≥ 1.5× eager tokens/s: {} ({})",
-        ratio(bt, et),
-        verdict(bt >= 1.5 * et)
-    ));
+    row(&mut table, "generate 64 tokens/s", "tok/s", bt, et, "≥ 1.5×");
+    row(&mut table, "generate 64 TPOT p50", "ms", phase(&b.tpot).p50_ms, json_f64(&e, "/tpot/p50Ms"), "");
+    row(&mut table, "generate 64 TTFT", "ms", b.ttft_ms, json_f64(&e, "/ttftMs"), "");
+    row(&mut table, "generate 64 tokens/s, HF generate()", "tok/s", bt, json_f64(&e, "/generateTokensPerS"), "");
+    verdicts.push(format!("generation ≥ 1.5× eager tokens/s: {} ({})", ratio(bt, et), verdict(bt >= 1.5 * et)));
 
     println!(
         "GPT-2 124M fp32 on {device}; baton through coordinator + agent vs PyTorch eager (transformers {})",
-        e.pointer("/config/transformers")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
+        e.pointer("/config/transformers").and_then(|v| v.as_str()).unwrap_or("?")
     );
     table.print();
     println!();

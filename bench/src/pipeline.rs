@@ -10,7 +10,9 @@
 
 use baton_bench::percentile;
 use baton_proto::job::to_system_time;
-use baton_proto::v1::{JobSpec, JobState, ListJobsRequest, NoopSpec, SubmitJobRequest, SubmitJobsRequest, WatchJobRequest, job_spec};
+use baton_proto::v1::{
+    JobSpec, JobState, ListJobsRequest, NoopSpec, SubmitJobRequest, SubmitJobsRequest, WatchJobRequest, job_spec,
+};
 use baton_tests::Cluster;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
@@ -78,12 +80,14 @@ async fn throughput(cluster: &Cluster, jobs: usize, batch: usize, in_flight: usi
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-
 #[tokio::main]
 async fn main() {
     let jobs = baton_bench::flag_usize("--jobs", 50_000);
     println!("baton pipeline benchmark: noop jobs, redb store with a durable commit per batch, loopback gRPC");
-    println!("{:>7} | {:>14} | {:>14} | {:>14} | {:>12}", "agents", "dispatch p50", "dispatch p99", "throughput", "jobs/commit");
+    println!(
+        "{:>7} | {:>14} | {:>14} | {:>14} | {:>12}",
+        "agents", "dispatch p50", "dispatch p99", "throughput", "jobs/commit"
+    );
     for agents in [1usize, 8] {
         let mut cluster = Cluster::start(&[], &[]).await;
         for i in 0..agents {
@@ -99,7 +103,9 @@ async fn main() {
             .log()
             .lines()
             .rev()
-            .find_map(|l| l.split("jobs_per_commit=").nth(1).map(|v| v.split_whitespace().next().unwrap_or("").to_string()))
+            .find_map(|l| {
+                l.split("jobs_per_commit=").nth(1).map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            })
             .unwrap_or_else(|| "?".into());
         println!("{agents:>7} | {p50:>11.3} ms | {p99:>11.3} ms | {rate:>8.0} jobs/s | {per_commit:>12}");
     }

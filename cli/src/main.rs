@@ -161,10 +161,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let labels = labels
                 .iter()
-                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("--label {l:?} must look like key=value")))
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow!("--label {l:?} must look like key=value"))
+                })
                 .collect::<anyhow::Result<_>>()?;
             let page = jobs
-                .list_jobs(ListJobsRequest { states, labels, page_size: limit.clamp(1, 1000), page_token: String::new() })
+                .list_jobs(ListJobsRequest {
+                    states,
+                    labels,
+                    page_size: limit.clamp(1, 1000),
+                    page_token: String::new(),
+                })
                 .await?
                 .into_inner();
             out.jobs(&page.jobs)?;
@@ -187,13 +196,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report::print(&found);
             }
         }
-        Command::Cancel { id, reason } => out.job(&jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner())?,
+        Command::Cancel { id, reason } => {
+            out.job(&jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner())?
+        }
         Command::Agents => {
             let agents = AdminServiceClient::new(channel).list_agents(ListAgentsRequest {}).await?.into_inner().agents;
             out.agents(&agents)?;
         }
         Command::Drain { agent_id } => {
-            let agent = AdminServiceClient::new(channel).drain_agent(DrainAgentRequest { agent_id }).await?.into_inner();
+            let agent =
+                AdminServiceClient::new(channel).drain_agent(DrainAgentRequest { agent_id }).await?.into_inner();
             out.agents(&[agent])?;
         }
     }

@@ -1,9 +1,7 @@
 //! `baton report`: what each finished job measured, as tables and small plots in the terminal.
 
 use baton_proto::job::display_name;
-use baton_proto::v1::{
-    BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, PhaseStats, job_result,
-};
+use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, PhaseStats, job_result};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 
 pub fn print(jobs: &[Job]) {
@@ -32,7 +30,13 @@ fn table(header: &[&str]) -> Table {
 }
 
 fn ms(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// A horizontal bar, `width` cells for `max`.

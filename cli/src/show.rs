@@ -106,7 +106,8 @@ impl Output {
                 (true, true) => "draining",
                 (true, false) => "ready",
             };
-            let mut devices: Vec<String> = caps.cuda_devices.iter().map(|d| format!("cuda:{} {}", d.index, d.name)).collect();
+            let mut devices: Vec<String> =
+                caps.cuda_devices.iter().map(|d| format!("cuda:{} {}", d.index, d.name)).collect();
             devices.extend(caps.browsers.iter().map(|b| format!("{} {}", b.name, b.version)));
             if !caps.display.is_empty() {
                 devices.push(format!("display {}", caps.display));
@@ -169,12 +170,14 @@ fn seconds_between(a: Option<&pbjson_types::Timestamp>, b: Option<SystemTime>) -
 }
 
 fn queued_for(job: &Job) -> String {
-    let until = job.started_at.as_ref().map(to_system_time).or_else(|| (job.state() == JobState::Queued).then(SystemTime::now));
+    let until =
+        job.started_at.as_ref().map(to_system_time).or_else(|| (job.state() == JobState::Queued).then(SystemTime::now));
     seconds_between(job.submitted_at.as_ref(), until)
 }
 
 fn ran_for(job: &Job) -> String {
-    let until = job.finished_at.as_ref().map(to_system_time).or_else(|| (!job.state().is_terminal()).then(SystemTime::now));
+    let until =
+        job.finished_at.as_ref().map(to_system_time).or_else(|| (!job.state().is_terminal()).then(SystemTime::now));
     seconds_between(job.started_at.as_ref(), until)
 }
 
@@ -203,7 +206,9 @@ fn flatten(path: &str, value: &serde_json::Value, row: &mut dyn FnMut(String, St
 
 fn scalar(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::String(s) if s.len() > 120 => format!("{}… ({} bytes)", &s[..s.floor_char_boundary(100)], s.len()),
+        serde_json::Value::String(s) if s.len() > 120 => {
+            format!("{}… ({} bytes)", &s[..s.floor_char_boundary(100)], s.len())
+        }
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }

@@ -51,8 +51,7 @@ fn check_submit(req: SubmitJobRequest, prefix: &str) -> Result<(baton_proto::v1:
         ));
     }
     let spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
-    baton_proto::spec::validate(&spec)
-        .map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
+    baton_proto::spec::validate(&spec).map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
     Ok((spec, req.idempotency_key))
 }
 
@@ -112,9 +111,11 @@ impl JobService for Api {
         let before = if req.page_token.is_empty() {
             None
         } else {
-            Some(req.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("pageToken: must be a nextPageToken returned by ListJobs")
-            })?)
+            Some(
+                req.page_token
+                    .parse::<u64>()
+                    .map_err(|_| Status::invalid_argument("pageToken: must be a nextPageToken returned by ListJobs"))?,
+            )
         };
         let mut states = Vec::new();
         for s in &req.states {
@@ -144,12 +145,11 @@ impl JobService for Api {
             return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
         };
         // Yields the current version, then each change, and ends after a finished one.
-        let stream = WatchStream::new(rx)
-            .scan(false, |done, job| {
-                let out = (!*done).then(|| Ok(job.clone()));
-                *done = job.state().is_terminal();
-                futures::future::ready(out)
-            });
+        let stream = WatchStream::new(rx).scan(false, |done, job| {
+            let out = (!*done).then(|| Ok(job.clone()));
+            *done = job.state().is_terminal();
+            futures::future::ready(out)
+        });
         Ok(Response::new(Box::pin(stream.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 

@@ -259,7 +259,12 @@ impl Coordinator {
     }
 
     /// Newest first below `before_seq`; returns the page and the seq to continue below.
-    pub fn list(&self, keep: impl Fn(&Job) -> bool, before_seq: Option<u64>, page_size: usize) -> (Vec<Job>, Option<u64>) {
+    pub fn list(
+        &self,
+        keep: impl Fn(&Job) -> bool,
+        before_seq: Option<u64>,
+        page_size: usize,
+    ) -> (Vec<Job>, Option<u64>) {
         let inner = self.lock();
         let mut jobs = Vec::with_capacity(page_size.min(1024));
         let mut next = None;

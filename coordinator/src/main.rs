@@ -35,9 +35,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
     let store = RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -7,9 +7,7 @@
 //! job's current attempt on the agent that holds it (fencing); anything else is stale.
 
 use baton_proto::job::{kind_name, now, to_duration};
-use baton_proto::v1::{
-    Capabilities, Hello, Job, JobFinished, JobSpec, JobState, Progress, job_finished,
-};
+use baton_proto::v1::{Capabilities, Hello, Job, JobFinished, JobSpec, JobState, Progress, job_finished};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -187,7 +185,14 @@ impl State {
     }
 
     /// Accepts a validated, normalized spec as a new queued job.
-    pub fn submit(&mut self, id: String, spec: JobSpec, key: String, traceparent: String, trace_id: String) -> Vec<Action> {
+    pub fn submit(
+        &mut self,
+        id: String,
+        spec: JobSpec,
+        key: String,
+        traceparent: String,
+        trace_id: String,
+    ) -> Vec<Action> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let job = Job {
@@ -296,9 +301,8 @@ impl State {
         });
         for r in &hello.running {
             let current = self.jobs.get(&r.job_id);
-            let is_current = current.is_some_and(|j| {
-                j.attempt == r.attempt && j.agent_id == id && !j.state().is_terminal()
-            });
+            let is_current =
+                current.is_some_and(|j| j.attempt == r.attempt && j.agent_id == id && !j.state().is_terminal());
             if !is_current {
                 actions.push(Action::Cancel {
                     agent_id: id.clone(),
@@ -366,7 +370,8 @@ impl State {
     }
 
     pub fn finished(&mut self, agent_id: &str, report: &JobFinished) -> Vec<Action> {
-        let ack = Action::Ack { agent_id: agent_id.to_string(), job_id: report.job_id.clone(), attempt: report.attempt };
+        let ack =
+            Action::Ack { agent_id: agent_id.to_string(), job_id: report.job_id.clone(), attempt: report.attempt };
         if !self.current_attempt(agent_id, &report.job_id, report.attempt) {
             // A duplicate of an applied report, or a stale attempt: nothing to apply, but
             // the agent may forget it.
@@ -478,7 +483,12 @@ impl State {
                 job.cancel_requested = true;
                 Ok(vec![
                     Action::Persist(job_id.to_string()),
-                    Action::Cancel { agent_id: job.agent_id.clone(), job_id: job_id.to_string(), attempt: job.attempt, reason },
+                    Action::Cancel {
+                        agent_id: job.agent_id.clone(),
+                        job_id: job_id.to_string(),
+                        attempt: job.attempt,
+                        reason,
+                    },
                 ])
             }
             _ => Ok(Vec::new()),

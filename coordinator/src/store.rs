@@ -41,8 +41,8 @@ impl RedbStore {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(io)?;
         let path = data_dir.join("baton.redb");
-        let db = Database::create(&path)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let db =
+            Database::create(&path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(JOBS).map_err(io)?;
         txn.commit().map_err(io)?;

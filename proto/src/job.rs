@@ -58,11 +58,7 @@ impl JobState {
 
 /// The job's display name: its own, else its kind.
 pub fn display_name(spec: &JobSpec) -> &str {
-    if !spec.name.is_empty() {
-        &spec.name
-    } else {
-        spec.kind.as_ref().map(kind_name).unwrap_or("")
-    }
+    if !spec.name.is_empty() { &spec.name } else { spec.kind.as_ref().map(kind_name).unwrap_or("") }
 }
 
 pub fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {

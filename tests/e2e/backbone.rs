@@ -127,12 +127,8 @@ async fn a_killed_agents_job_finishes_elsewhere_or_fails_as_agent_lost() {
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;
     let retried = client.submit_job(request(sleep_spec(1500))).await.unwrap().into_inner().id;
-    let single = client
-        .submit_job(request(JobSpec { max_attempts: 1, ..sleep_spec(1500) }))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let single =
+        client.submit_job(request(JobSpec { max_attempts: 1, ..sleep_spec(1500) })).await.unwrap().into_inner().id;
     wait_state(&cluster, &retried, JobState::Running).await;
     wait_state(&cluster, &single, JobState::Running).await;
     cluster.agents[first].kill9();
@@ -155,8 +151,15 @@ async fn accepted_jobs_survive_a_coordinator_kill9_and_agents_reconnect() {
     cluster.wait_agents(2).await;
     let mut client = cluster.jobs().await;
     let jobs = (0..12).map(|_| request(sleep_spec(700))).collect();
-    let ids: Vec<String> =
-        client.submit_jobs(SubmitJobsRequest { jobs }).await.unwrap().into_inner().jobs.into_iter().map(|j| j.id).collect();
+    let ids: Vec<String> = client
+        .submit_jobs(SubmitJobsRequest { jobs })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
     wait_state(&cluster, &ids[0], JobState::Running).await;
     cluster.kill9_coordinator();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -35,7 +35,8 @@ async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_resul
     let interaction = dashboard.interaction.as_ref().expect("click → dashboard is measured");
     assert!(interaction.browser_ms > 0.0 && interaction.wall_ms > 0.0, "{interaction:?}");
 
-    let trace = jaeger.trace(&job.trace_id, &["dispatch", "execute", "step 1 open login page", "step 4 click Login"]).await;
+    let trace =
+        jaeger.trace(&job.trace_id, &["dispatch", "execute", "step 1 open login page", "step 4 click Login"]).await;
     let text = trace.to_string();
     assert!(!text.contains("s3cret-pass"), "the secret leaked into the trace");
 }
@@ -57,8 +58,14 @@ async fn a_missing_element_fails_the_job_naming_the_step_with_a_screenshot_and_d
     let id = client.submit_job(broken).await.unwrap().into_inner().id;
     let job = finished(&cluster, &id, Duration::from_secs(90)).await;
     assert_eq!(job.state(), JobState::Failed);
-    assert!(job.reason.starts_with("step 4 \"click Login\": no element matches xpath //button[text()=\"Logn\"]"), "{}", job.reason);
-    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("the failure keeps its report") };
+    assert!(
+        job.reason.starts_with("step 4 \"click Login\": no element matches xpath //button[text()=\"Logn\"]"),
+        "{}",
+        job.reason
+    );
+    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else {
+        panic!("the failure keeps its report")
+    };
     let failure = report.failure.expect("the failure is described");
     assert!(failure.screenshot_png.starts_with(b"\x89PNG"), "a PNG screenshot is attached");
     assert!(failure.page_url.ends_with("/login"), "{}", failure.page_url);

@@ -2,7 +2,7 @@
 
 use crate::backbone::{finished, request};
 use baton_proto::v1::{
-    Gpt2Model, Gpt2Size, Gpt2TrainSpec, GetJobRequest, JobSpec, JobState, gpt2_model, job_result, job_spec,
+    GetJobRequest, Gpt2Model, Gpt2Size, Gpt2TrainSpec, JobSpec, JobState, gpt2_model, job_result, job_spec,
 };
 use baton_tests::{Cluster, Jaeger};
 use std::time::Duration;
@@ -12,7 +12,13 @@ fn tiny_train(seq_len: u32, device: &str) -> JobSpec {
         name: format!("train seq {seq_len}"),
         kind: Some(job_spec::Kind::Gpt2Train(Gpt2TrainSpec {
             model: Some(Gpt2Model {
-                source: Some(gpt2_model::Source::Custom(Gpt2Size { n_layer: 2, n_head: 2, n_embd: 64, n_ctx: 256, vocab_size: 0 })),
+                source: Some(gpt2_model::Source::Custom(Gpt2Size {
+                    n_layer: 2,
+                    n_head: 2,
+                    n_embd: 64,
+                    n_ctx: 256,
+                    vocab_size: 0,
+                })),
             }),
             batch: 2,
             seq_len,
@@ -38,17 +44,26 @@ async fn train_jobs_at_three_sequence_lengths_report_phases_and_trace_steps() {
         let id = client.submit_job(request(tiny_train(seq_len, "cpu"))).await.unwrap().into_inner().id;
         let job = finished(&cluster, &id, Duration::from_secs(120)).await;
         assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
-        let Some(job_result::Kind::Gpt2Train(report)) = job.result.and_then(|r| r.kind) else { panic!("no train report") };
-        for (phase, stats) in [("forward", &report.forward), ("backward", &report.backward), ("optimizer", &report.optimizer)] {
+        let Some(job_result::Kind::Gpt2Train(report)) = job.result.and_then(|r| r.kind) else {
+            panic!("no train report")
+        };
+        for (phase, stats) in
+            [("forward", &report.forward), ("backward", &report.backward), ("optimizer", &report.optimizer)]
+        {
             let stats = stats.as_ref().unwrap_or_else(|| panic!("{phase} timing missing"));
             assert_eq!(stats.count, 3, "{phase}: warm-up steps are not in the statistics");
-            assert!(stats.p50_ms > 0.0 && stats.min_ms <= stats.p50_ms && stats.p50_ms <= stats.max_ms, "{phase}: {stats:?}");
+            assert!(
+                stats.p50_ms > 0.0 && stats.min_ms <= stats.p50_ms && stats.p50_ms <= stats.max_ms,
+                "{phase}: {stats:?}"
+            );
         }
         assert_eq!(report.loss.len(), 4, "loss per step, warm-up included");
         assert!(report.tokens_per_s > 0.0);
         if seq_len == 256 {
-            let trace = jaeger.trace(&job.trace_id, &["execute", "gpt2.train.step", "forward", "backward", "optimizer"]).await;
-            let steps = trace["spans"].as_array().unwrap().iter().filter(|s| s["operationName"] == "gpt2.train.step").count();
+            let trace =
+                jaeger.trace(&job.trace_id, &["execute", "gpt2.train.step", "forward", "backward", "optimizer"]).await;
+            let steps =
+                trace["spans"].as_array().unwrap().iter().filter(|s| s["operationName"] == "gpt2.train.step").count();
             assert_eq!(steps, 4, "one span per step, warm-up included");
         }
     }

@@ -2,8 +2,8 @@
 
 use crate::backbone::{request, sleep_spec};
 use baton_proto::v1::{
-    CancelJobRequest, DrainAgentRequest, GetJobRequest, JobSpec, ListJobsRequest, SubmitJobRequest,
-    SubmitJobsRequest, WatchJobRequest,
+    CancelJobRequest, DrainAgentRequest, GetJobRequest, JobSpec, ListJobsRequest, SubmitJobRequest, SubmitJobsRequest,
+    WatchJobRequest,
 };
 use baton_tests::Cluster;
 use tonic::Code;
@@ -36,7 +36,11 @@ async fn the_api_names_the_field_and_the_rule() {
         "spec.maxAttempts: must be between 1 and 100 (0 means the default, 3)",
     );
     assert_status(
-        c.submit_job(request(JobSpec { timeout: Some(pbjson_types::Duration { seconds: -1, nanos: 0 }), ..sleep_spec(1) })).await,
+        c.submit_job(request(JobSpec {
+            timeout: Some(pbjson_types::Duration { seconds: -1, nanos: 0 }),
+            ..sleep_spec(1)
+        }))
+        .await,
         bad,
         "spec.timeout: must be positive",
     );
@@ -97,8 +101,16 @@ async fn the_cli_prints_one_clear_line_and_exits_non_zero() {
             Some(r#"{"spec":{"sleep":{"durationMs":100000000}}}"#),
             "error: invalid argument: spec.sleep.durationMs: must be at most 86400000 (24 h)\n",
         ),
-        (vec!["submit", "/no/such/spec.json"], None, "error: reading /no/such/spec.json: No such file or directory (os error 2)\n"),
-        (vec!["list", "--state", "done"], None, "error: --state \"done\" is not a job state: use queued, assigned, running, succeeded, failed or cancelled\n"),
+        (
+            vec!["submit", "/no/such/spec.json"],
+            None,
+            "error: reading /no/such/spec.json: No such file or directory (os error 2)\n",
+        ),
+        (
+            vec!["list", "--state", "done"],
+            None,
+            "error: --state \"done\" is not a job state: use queued, assigned, running, succeeded, failed or cancelled\n",
+        ),
         (vec!["list", "--label", "x"], None, "error: --label \"x\" must look like key=value\n"),
     ];
     for (args, stdin, want) in cases {

@@ -41,9 +41,17 @@ async fn each_job_is_one_trace_with_coordinator_and_agent_spans() {
             .collect();
         let mut spans = HashMap::new();
         for s in trace["spans"].as_array().unwrap() {
-            let parent = s["references"].as_array().unwrap().iter().find(|r| r["refType"] == "CHILD_OF").map(|r| r["spanID"].as_str().unwrap().to_string());
+            let parent = s["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["refType"] == "CHILD_OF")
+                .map(|r| r["spanID"].as_str().unwrap().to_string());
             let service = services[s["processID"].as_str().unwrap()].clone();
-            spans.insert(s["operationName"].as_str().unwrap().to_string(), (s["spanID"].as_str().unwrap().to_string(), parent, service));
+            spans.insert(
+                s["operationName"].as_str().unwrap().to_string(),
+                (s["spanID"].as_str().unwrap().to_string(), parent, service),
+            );
         }
         let submit = &spans["baton.v1.JobService/SubmitJob"];
         let queue = &spans["queue"];

@@ -35,12 +35,8 @@ impl Desktop {
 }
 
 fn send_blocking(display: &str, input: Input) -> Result<(), String> {
-    let settings = Settings {
-        x11_display: Some(display.to_string()),
-        ..Settings::default()
-    };
-    let mut enigo =
-        Enigo::new(&settings).map_err(|e| format!("cannot open display {display}: {e}"))?;
+    let settings = Settings { x11_display: Some(display.to_string()), ..Settings::default() };
+    let mut enigo = Enigo::new(&settings).map_err(|e| format!("cannot open display {display}: {e}"))?;
     let e = |err: enigo::InputError| err.to_string();
     match input {
         Input::Text(text) => {
@@ -49,10 +45,7 @@ fn send_blocking(display: &str, input: Input) -> Result<(), String> {
             }
         }
         Input::Chord(keys) => {
-            let keys: Vec<Key> = keys
-                .iter()
-                .map(|k| key_named(k))
-                .collect::<Result<_, _>>()?;
+            let keys: Vec<Key> = keys.iter().map(|k| key_named(k)).collect::<Result<_, _>>()?;
             for k in &keys {
                 enigo.key(*k, Direction::Press).map_err(e)?;
             }

@@ -23,10 +23,7 @@ pub(crate) struct SupervisedDriver {
 
 impl SupervisedDriver {
     /// Starts the driver and waits until it accepts connections.
-    pub(crate) async fn start(
-        binary: PathBuf,
-        display: Option<String>,
-    ) -> Result<Self, BrowserError> {
+    pub(crate) async fn start(binary: PathBuf, display: Option<String>) -> Result<Self, BrowserError> {
         let (tx, url) = watch::channel(None);
         let stop = CancellationToken::new();
         let first = launch(&binary, display.as_deref()).await?;
@@ -40,13 +37,8 @@ impl SupervisedDriver {
         let ready = tokio::time::timeout(READY_TIMEOUT, rx.wait_for(Option::is_some)).await;
         match ready {
             Ok(Ok(url)) => Ok(url.clone().unwrap_or_default()),
-            Ok(Err(_)) => Err(BrowserError::DriverUnavailable(
-                "the driver supervisor stopped".into(),
-            )),
-            Err(_) => Err(BrowserError::DriverUnavailable(format!(
-                "not ready after {}s",
-                READY_TIMEOUT.as_secs()
-            ))),
+            Ok(Err(_)) => Err(BrowserError::DriverUnavailable("the driver supervisor stopped".into())),
+            Err(_) => Err(BrowserError::DriverUnavailable(format!("not ready after {}s", READY_TIMEOUT.as_secs()))),
         }
     }
 
@@ -75,12 +67,7 @@ async fn supervise(
     let mut running = Some(first);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(Running {
-            mut child,
-            url,
-            group,
-        }) = running.take()
-        else {
+        let Some(Running { mut child, url, group }) = running.take() else {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -142,50 +129,31 @@ async fn launch(binary: &Path, display: Option<&str>) -> Result<Running, Browser
         Some(d) => cmd.env("DISPLAY", d),
         None => cmd.env_remove("DISPLAY"),
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BrowserError::io(format!("starting {}", binary.display()), e))?;
+    let mut child = cmd.spawn().map_err(|e| BrowserError::io(format!("starting {}", binary.display()), e))?;
     let group = child.id().unwrap_or_default();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(Running {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-                group,
-            });
+            return Ok(Running { child, url: format!("http://127.0.0.1:{port}"), group });
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(BrowserError::DriverUnavailable(format!(
-                "{} exited at start ({status})",
-                binary.display()
-            )));
+            return Err(BrowserError::DriverUnavailable(format!("{} exited at start ({status})", binary.display())));
         }
         if Instant::now() > deadline {
             stop_process_group(&mut child, group).await;
-            return Err(BrowserError::DriverUnavailable(format!(
-                "{} did not listen on port {port}",
-                binary.display()
-            )));
+            return Err(BrowserError::DriverUnavailable(format!("{} did not listen on port {port}", binary.display())));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 fn is_geckodriver(binary: &Path) -> bool {
-    binary
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().contains("gecko"))
+    binary.file_name().is_some_and(|n| n.to_string_lossy().contains("gecko"))
 }
 
 async fn free_port() -> Result<u16, BrowserError> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(|e| BrowserError::io("finding a free port", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| BrowserError::io("finding a free port", e))
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| BrowserError::io("finding a free port", e))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| BrowserError::io("finding a free port", e))
 }
 
 async fn stop_process_group(child: &mut Child, group: u32) {

@@ -24,18 +24,12 @@ pub enum BrowserError {
     #[error("cancelled")]
     Cancelled,
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 impl BrowserError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     /// The report of a failed scenario (with the failure's screenshot), when a step failed.
@@ -51,15 +45,8 @@ impl BrowserError {
 fn failure_line(failure: Option<&StepFailure>) -> String {
     match failure {
         Some(f) => {
-            let repeat = if f.repeat > 1 {
-                format!(" (repeat {})", f.repeat)
-            } else {
-                String::new()
-            };
-            format!(
-                "step {} {:?}{repeat}: {} (page {})",
-                f.step_number, f.step_name, f.reason, f.page_url
-            )
+            let repeat = if f.repeat > 1 { format!(" (repeat {})", f.repeat) } else { String::new() };
+            format!("step {} {:?}{repeat}: {} (page {})", f.step_number, f.step_name, f.reason, f.page_url)
         }
         None => "a step failed".into(),
     }

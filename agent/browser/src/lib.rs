@@ -82,9 +82,7 @@ impl BrowserEngine {
     /// Finds the browsers and drivers, and starts the drivers on loopback ports.
     pub async fn start(config: BrowserConfig) -> Result<BrowserEngine, BrowserError> {
         if config.desktop_input && config.display.is_none() {
-            return Err(BrowserError::Unsupported(
-                "desktop input needs an X display (set the display)".into(),
-            ));
+            return Err(BrowserError::Unsupported("desktop input needs an X display (set the display)".into()));
         }
         let mut endpoints = BTreeMap::new();
         let mut browsers = Vec::new();
@@ -96,26 +94,19 @@ impl BrowserEngine {
                 driver_version: remote.clone(),
             });
         } else {
-            let chromedriver = config
-                .chromedriver
-                .clone()
-                .or_else(|| process::find_on_path(&["chromedriver"]))
-                .ok_or_else(|| BrowserError::Missing {
-                    what: "chromedriver".into(),
-                    hint:
-                        "install chromium and chromium-driver (Debian) or set the chromedriver path"
-                            .into(),
+            let chromedriver =
+                config.chromedriver.clone().or_else(|| process::find_on_path(&["chromedriver"])).ok_or_else(|| {
+                    BrowserError::Missing {
+                        what: "chromedriver".into(),
+                        hint: "install chromium and chromium-driver (Debian) or set the chromedriver path".into(),
+                    }
                 })?;
-            let chromium = process::find_on_path(&[
-                "chromium",
-                "chromium-browser",
-                "google-chrome",
-                "google-chrome-stable",
-            ])
-            .ok_or_else(|| BrowserError::Missing {
-                what: "Chromium".into(),
-                hint: "install chromium (Debian) or Google Chrome".into(),
-            })?;
+            let chromium =
+                process::find_on_path(&["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"])
+                    .ok_or_else(|| BrowserError::Missing {
+                        what: "Chromium".into(),
+                        hint: "install chromium (Debian) or Google Chrome".into(),
+                    })?;
             browsers.push(BrowserInfo {
                 name: "chrome".into(),
                 version: version_of(&chromium).await,
@@ -123,13 +114,10 @@ impl BrowserEngine {
             });
             endpoints.insert(
                 "chrome".into(),
-                Endpoint::Supervised(
-                    SupervisedDriver::start(chromedriver, config.display.clone()).await?,
-                ),
+                Endpoint::Supervised(SupervisedDriver::start(chromedriver, config.display.clone()).await?),
             );
             let firefox = process::find_on_path(&["firefox-esr", "firefox"]);
-            if let (Some(gecko), Some(firefox)) = (process::find_on_path(&["geckodriver"]), firefox)
-            {
+            if let (Some(gecko), Some(firefox)) = (process::find_on_path(&["geckodriver"]), firefox) {
                 browsers.push(BrowserInfo {
                     name: "firefox".into(),
                     version: version_of(&firefox).await,
@@ -137,17 +125,11 @@ impl BrowserEngine {
                 });
                 endpoints.insert(
                     "firefox".into(),
-                    Endpoint::Supervised(
-                        SupervisedDriver::start(gecko, config.display.clone()).await?,
-                    ),
+                    Endpoint::Supervised(SupervisedDriver::start(gecko, config.display.clone()).await?),
                 );
             }
         }
-        let desktop = config
-            .display
-            .clone()
-            .filter(|_| config.desktop_input)
-            .map(Desktop::new);
+        let desktop = config.display.clone().filter(|_| config.desktop_input).map(Desktop::new);
         Ok(BrowserEngine {
             endpoints,
             browsers,
@@ -159,49 +141,30 @@ impl BrowserEngine {
 
     /// What this agent offers: browsers (with versions), its X display, desktop input.
     pub fn capabilities(&self) -> (Vec<BrowserInfo>, Option<String>, bool) {
-        (
-            self.browsers.clone(),
-            self.display.clone(),
-            self.desktop.is_some(),
-        )
+        (self.browsers.clone(), self.display.clone(), self.desktop.is_some())
     }
 
     /// Checks the scenario against this agent (URLs against the allow/deny lists,
     /// browser, display, desktop input) before any browser starts, then runs it.
     /// A failed step is `Err(BrowserError::StepFailed(report))`; cancellation through
     /// `ctx.cancel` is `Err(BrowserError::Cancelled)`. Browser sessions are always closed.
-    pub async fn run(
-        &self,
-        spec: &BrowserSpec,
-        ctx: &JobContext,
-    ) -> Result<BrowserReport, BrowserError> {
+    pub async fn run(&self, spec: &BrowserSpec, ctx: &JobContext) -> Result<BrowserReport, BrowserError> {
         let browser = browser_name(spec).to_string();
         let span = tracing::info_span!("browser.scenario", browser = %browser, job.id = %ctx.job_id, repeat = spec.repeat.max(1));
         async {
-            let endpoint = self.endpoints.get(&browser).ok_or_else(|| {
-                BrowserError::Unsupported(format!("{browser} is not installed on this agent"))
-            })?;
+            let endpoint = self
+                .endpoints
+                .get(&browser)
+                .ok_or_else(|| BrowserError::Unsupported(format!("{browser} is not installed on this agent")))?;
             let desktop = self.admit(spec)?;
             let headless = spec.headless.unwrap_or(true);
-            let window = spec
-                .window_size
-                .as_ref()
-                .map(|w| (w.width, w.height))
-                .unwrap_or(rules::DEFAULT_WINDOW);
-            let options = SessionOptions {
-                browser: browser.clone(),
-                headless,
-                window,
-            };
+            let window = spec.window_size.as_ref().map(|w| (w.width, w.height)).unwrap_or(rules::DEFAULT_WINDOW);
+            let options = SessionOptions { browser: browser.clone(), headless, window };
             let scenario = runner::Scenario::new(spec, options, &self.policy, desktop, ctx);
             let driver_url = endpoint.url().await?;
             let mut report = BrowserReport {
                 browser: browser.clone(),
-                mode: if spec.mode.is_empty() {
-                    "cold".into()
-                } else {
-                    spec.mode.clone()
-                },
+                mode: if spec.mode.is_empty() { "cold".into() } else { spec.mode.clone() },
                 ..Default::default()
             };
             let mut slot = None;
@@ -210,10 +173,7 @@ impl BrowserEngine {
                 _ = ctx.cancel.cancelled() => Err(BrowserError::Cancelled),
             };
             if let Some(session) = slot.take() {
-                session
-                    .close()
-                    .instrument(tracing::info_span!("browser.session.close"))
-                    .await;
+                session.close().instrument(tracing::info_span!("browser.session.close")).await;
             }
             outcome?;
             report.summary = timing::summarize_report(&report);
@@ -234,23 +194,16 @@ impl BrowserEngine {
                 let url = values.fill(&o.url);
                 self.policy
                     .check(&url)
-                    .map_err(|reason| BrowserError::UrlDenied {
-                        url: values.redact(&url),
-                        reason,
-                    })?;
+                    .map_err(|reason| BrowserError::UrlDenied { url: values.redact(&url), reason })?;
             }
         }
         if !spec.headless.unwrap_or(true) && self.display.is_none() {
-            return Err(BrowserError::Unsupported(
-                "a headed browser needs an X display; this agent has none".into(),
-            ));
+            return Err(BrowserError::Unsupported("a headed browser needs an X display; this agent has none".into()));
         }
         if spec.steps.iter().any(is_desktop_step) {
             return match &self.desktop {
                 Some(d) => Ok(Some(d)),
-                None => Err(BrowserError::Unsupported(
-                    "desktop input is not enabled on this agent".into(),
-                )),
+                None => Err(BrowserError::Unsupported("desktop input is not enabled on this agent".into())),
             };
         }
         Ok(None)
@@ -267,11 +220,7 @@ impl BrowserEngine {
 }
 
 async fn version_of(binary: &std::path::Path) -> String {
-    match tokio::process::Command::new(binary)
-        .arg("--version")
-        .output()
-        .await
-    {
+    match tokio::process::Command::new(binary).arg("--version").output().await {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))

@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 /// The first of `names` found on PATH.
 pub(crate) fn find_on_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    names
-        .iter()
-        .flat_map(|n| std::env::split_paths(&path).map(move |dir| dir.join(n)))
-        .find(|p| p.is_file())
+    names.iter().flat_map(|n| std::env::split_paths(&path).map(move |dir| dir.join(n))).find(|p| p.is_file())
 }
 
 /// SIGKILLs a whole process group (a driver started with `process_group(0)` and the
@@ -38,11 +35,7 @@ pub(crate) fn kill_processes_mentioning(marker: &Path) -> usize {
     };
     let mut killed = 0;
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         if pid as u32 == me {

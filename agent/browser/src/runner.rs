@@ -9,9 +9,9 @@ use crate::timing::{self, RawPageTiming, WaitOutcome};
 use baton_proto::context::JobContext;
 use baton_proto::spec::browser::{check_key_chord, step_kind_name, substitute};
 use baton_proto::v1::{
-    BrowserReport, BrowserSpec, BrowserStep, InteractionTiming, Locator, Progress, RepeatReport,
-    Screenshot, StepFailure, StepTiming, ViewportPoint, assert_step, browser_step, find_step,
-    locator, mouse_click_step, mouse_move_step, wait_step,
+    BrowserReport, BrowserSpec, BrowserStep, InteractionTiming, Locator, Progress, RepeatReport, Screenshot,
+    StepFailure, StepTiming, ViewportPoint, assert_step, browser_step, find_step, locator, mouse_click_step,
+    mouse_move_step, wait_step,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,18 +40,8 @@ pub(crate) struct Values {
 
 impl Values {
     pub(crate) fn new(spec: &BrowserSpec) -> Self {
-        let values = spec
-            .variables
-            .iter()
-            .chain(spec.secrets.iter())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut secrets: Vec<String> = spec
-            .secrets
-            .values()
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .collect();
+        let values = spec.variables.iter().chain(spec.secrets.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut secrets: Vec<String> = spec.secrets.values().filter(|v| !v.is_empty()).cloned().collect();
         // Longest first, so a secret containing another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Self { values, secrets }
@@ -64,9 +54,7 @@ impl Values {
 
     /// Text safe for spans, logs and results: every secret value replaced by `***`.
     pub(crate) fn redact(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
+        self.secrets.iter().fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
     }
 }
 
@@ -92,15 +80,7 @@ impl<'a> Scenario<'a> {
             0 => baton_proto::spec::browser::DEFAULT_TIMEOUT_MS,
             ms => ms,
         }));
-        Self {
-            spec,
-            options,
-            policy,
-            desktop,
-            ctx,
-            default_timeout,
-            values: Values::new(spec),
-        }
+        Self { spec, options, policy, desktop, ctx, default_timeout, values: Values::new(spec) }
     }
 
     fn fill(&self, text: &str) -> String {
@@ -159,10 +139,8 @@ impl<'a> Scenario<'a> {
                     url.full = tracing::field::Empty,
                 );
                 let t = Instant::now();
-                let outcome = self
-                    .run_step(session, &mut rep, number, step, &mut last_action)
-                    .instrument(span.clone())
-                    .await;
+                let outcome =
+                    self.run_step(session, &mut rep, number, step, &mut last_action).instrument(span.clone()).await;
                 match outcome {
                     Ok(mut timing) => {
                         timing.step_number = number;
@@ -171,18 +149,14 @@ impl<'a> Scenario<'a> {
                         timing.wall_ms = ms(t.elapsed());
                         timing.url = self.redact(&timing.url);
                         span.record("url.full", timing.url.as_str());
-                        let done = f64::from(repeat - 1) * self.spec.steps.len() as f64
-                            + f64::from(number);
-                        self.ctx
-                            .report(progress(done / total_steps, repeat, repeats, &timing));
+                        let done = f64::from(repeat - 1) * self.spec.steps.len() as f64 + f64::from(number);
+                        self.ctx.report(progress(done / total_steps, repeat, repeats, &timing));
                         rep.steps.push(timing);
                     }
                     Err(reason) => {
                         let reason = self.redact(&reason);
                         tracing::warn!(parent: &span, reason = %reason, "step failed");
-                        let failure = self
-                            .capture_failure(session, repeat, number, &name, reason)
-                            .await;
+                        let failure = self.capture_failure(session, repeat, number, &name, reason).await;
                         rep.scenario_wall_ms = ms(scenario_start.elapsed());
                         report.repeats.push(rep);
                         report.failure = Some(failure);
@@ -193,9 +167,7 @@ impl<'a> Scenario<'a> {
             rep.scenario_wall_ms = ms(scenario_start.elapsed());
             report.repeats.push(rep);
             if !warm && let Some(s) = slot.take() {
-                s.close()
-                    .instrument(tracing::info_span!("browser.session.close"))
-                    .await;
+                s.close().instrument(tracing::info_span!("browser.session.close")).await;
             }
         }
         Ok(())
@@ -240,33 +212,21 @@ impl<'a> Scenario<'a> {
         let driver = session.driver.clone();
         let mut timing = StepTiming::default();
         let timeout_or = |ms: u32| {
-            if ms == 0 {
-                self.default_timeout
-            } else {
-                Duration::from_millis(u64::from(ms))
-            }
+            if ms == 0 { self.default_timeout } else { Duration::from_millis(u64::from(ms)) }
         };
         match &step.kind {
             None => return Err("the step has no kind".into()),
             Some(Kind::Open(o)) => {
                 let url = self.fill(&o.url);
-                *last_action = Some(Action {
-                    step_number: number,
-                    started: Instant::now(),
-                });
-                driver
-                    .goto(url.as_str())
-                    .await
-                    .map_err(|e| format!("navigation failed: {e}"))?;
+                *last_action = Some(Action { step_number: number, started: Instant::now() });
+                driver.goto(url.as_str()).await.map_err(|e| format!("navigation failed: {e}"))?;
                 let raw: RawPageTiming = driver
                     .execute_async(timing::PAGE_TIMING_JS, Vec::new())
                     .await
                     .and_then(|r| r.convert())
                     .map_err(|e| format!("reading the page timing failed: {e}"))?;
                 let page = raw.into_page_timing();
-                self.policy
-                    .check(&page.url)
-                    .map_err(|r| format!("the page went to a URL that is not allowed: {r}"))?;
+                self.policy.check(&page.url).map_err(|r| format!("the page went to a URL that is not allowed: {r}"))?;
                 tracing::info!(
                     ttfb_ms = page.ttfb_ms,
                     load_ms = page.load_ms,
@@ -276,21 +236,13 @@ impl<'a> Scenario<'a> {
                 timing.page = Some(page);
             }
             Some(Kind::SetWindowSize(w)) => {
-                driver
-                    .set_window_rect(0, 0, w.width, w.height)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                driver.set_window_rect(0, 0, w.width, w.height).await.map_err(|e| e.to_string())?;
                 session.viewport_offset = None;
             }
             Some(Kind::Find(f)) => {
-                let el = self
-                    .find(session, f.locator.as_ref(), timeout_or(f.timeout_ms))
-                    .await?;
+                let el = self.find(session, f.locator.as_ref(), timeout_or(f.timeout_ms)).await?;
                 self.arm_input_stamp(session).await?;
-                *last_action = Some(Action {
-                    step_number: number,
-                    started: Instant::now(),
-                });
+                *last_action = Some(Action { step_number: number, started: Instant::now() });
                 let acted = match &f.action {
                     None => return Err("the find step has no action".into()),
                     Some(find_step::Action::Type(t)) => el.send_keys(self.fill(t)).await,
@@ -313,30 +265,17 @@ impl<'a> Scenario<'a> {
             Some(Kind::Wait(w)) => {
                 let outcome = self.wait(session, w, timeout_or(w.timeout_ms)).await?;
                 if let Some(action) = last_action.take() {
-                    let browser_ms = outcome
-                        .input
-                        .map(|input| (outcome.at - input).max(0.0))
-                        .unwrap_or(0.0);
+                    let browser_ms = outcome.input.map(|input| (outcome.at - input).max(0.0)).unwrap_or(0.0);
                     let wall_ms = ms(action.started.elapsed());
-                    tracing::info!(
-                        action_step = action.step_number,
-                        browser_ms,
-                        wall_ms,
-                        "interaction"
-                    );
-                    timing.interaction = Some(InteractionTiming {
-                        action_step_number: action.step_number,
-                        browser_ms,
-                        wall_ms,
-                    });
+                    tracing::info!(action_step = action.step_number, browser_ms, wall_ms, "interaction");
+                    timing.interaction =
+                        Some(InteractionTiming { action_step_number: action.step_number, browser_ms, wall_ms });
                 }
             }
             Some(Kind::Assert(a)) => match &a.check {
                 None => return Err("the assert step has no check".into()),
                 Some(assert_step::Check::Text(t)) => {
-                    let el = self
-                        .find(session, t.locator.as_ref(), self.default_timeout)
-                        .await?;
+                    let el = self.find(session, t.locator.as_ref(), self.default_timeout).await?;
                     let text = el.text().await.map_err(|e| e.to_string())?;
                     let want = self.fill(&t.contains);
                     if !text.contains(&want) {
@@ -350,9 +289,7 @@ impl<'a> Scenario<'a> {
                     let title = driver.title().await.map_err(|e| e.to_string())?;
                     let want = self.fill(want);
                     if !title.contains(&want) {
-                        return Err(format!(
-                            "the title is {title:?}, which does not contain {want:?}"
-                        ));
+                        return Err(format!("the title is {title:?}, which does not contain {want:?}"));
                     }
                 }
                 Some(assert_step::Check::Url(want)) => {
@@ -364,20 +301,9 @@ impl<'a> Scenario<'a> {
                 }
             },
             Some(Kind::Screenshot(s)) => {
-                let png = driver
-                    .screenshot_as_png()
-                    .await
-                    .map_err(|e| format!("screenshot failed: {e}"))?;
-                let name = if s.name.is_empty() {
-                    format!("step-{number}")
-                } else {
-                    self.redact(&self.fill(&s.name))
-                };
-                rep.screenshots.push(Screenshot {
-                    name,
-                    step_number: number,
-                    png,
-                });
+                let png = driver.screenshot_as_png().await.map_err(|e| format!("screenshot failed: {e}"))?;
+                let name = if s.name.is_empty() { format!("step-{number}") } else { self.redact(&self.fill(&s.name)) };
+                rep.screenshots.push(Screenshot { name, step_number: number, png });
             }
             Some(Kind::Script(s)) => {
                 let ret = driver
@@ -389,116 +315,65 @@ impl<'a> Scenario<'a> {
             Some(Kind::TypeText(t)) => {
                 let desktop = self.desktop()?;
                 let el = match &t.locator {
-                    Some(l) => Some(
-                        self.find(session, Some(l), timeout_or(t.timeout_ms))
-                            .await?,
-                    ),
+                    Some(l) => Some(self.find(session, Some(l), timeout_or(t.timeout_ms)).await?),
                     None => None,
                 };
                 self.arm_input_stamp(session).await?;
-                *last_action = Some(Action {
-                    step_number: number,
-                    started: Instant::now(),
-                });
+                *last_action = Some(Action { step_number: number, started: Instant::now() });
                 if let Some(el) = &el {
                     let (x, y) = self.element_on_screen(session, desktop, el).await?;
                     desktop
-                        .send(Input::Click {
-                            x,
-                            y,
-                            button: button_named("left"),
-                        })
+                        .send(Input::Click { x, y, button: button_named("left") })
                         .await
                         .map_err(|e| e.to_string())?;
                 }
                 let text = self.fill(&t.text);
-                desktop
-                    .send(Input::Text(text.clone()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                desktop.send(Input::Text(text.clone())).await.map_err(|e| e.to_string())?;
                 if let Some(el) = &el {
-                    self.confirm_value(el, &text, timeout_or(t.timeout_ms))
-                        .await?;
+                    self.confirm_value(el, &text, timeout_or(t.timeout_ms)).await?;
                 }
             }
             Some(Kind::KeyChord(k)) => {
                 let desktop = self.desktop()?;
-                let keys = check_key_chord(&k.keys)?
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect();
+                let keys = check_key_chord(&k.keys)?.into_iter().map(str::to_string).collect();
                 self.arm_input_stamp(session).await?;
-                *last_action = Some(Action {
-                    step_number: number,
-                    started: Instant::now(),
-                });
-                desktop
-                    .send(Input::Chord(keys))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                *last_action = Some(Action { step_number: number, started: Instant::now() });
+                desktop.send(Input::Chord(keys)).await.map_err(|e| e.to_string())?;
             }
             Some(Kind::MouseMove(m)) => {
                 let desktop = self.desktop()?;
                 let (x, y) = match &m.target {
-                    Some(mouse_move_step::Target::Element(l)) => {
-                        self.locate_on_screen(session, desktop, l).await?
-                    }
-                    Some(mouse_move_step::Target::Point(p)) => {
-                        self.point_on_screen(session, desktop, p).await?
-                    }
+                    Some(mouse_move_step::Target::Element(l)) => self.locate_on_screen(session, desktop, l).await?,
+                    Some(mouse_move_step::Target::Point(p)) => self.point_on_screen(session, desktop, p).await?,
                     None => return Err("the mouseMove step has no target".into()),
                 };
-                desktop
-                    .send(Input::MoveTo { x, y })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                desktop.send(Input::MoveTo { x, y }).await.map_err(|e| e.to_string())?;
             }
             Some(Kind::MouseClick(m)) => {
                 let desktop = self.desktop()?;
                 let (x, y) = match &m.target {
-                    Some(mouse_click_step::Target::Element(l)) => {
-                        self.locate_on_screen(session, desktop, l).await?
-                    }
-                    Some(mouse_click_step::Target::Point(p)) => {
-                        self.point_on_screen(session, desktop, p).await?
-                    }
+                    Some(mouse_click_step::Target::Element(l)) => self.locate_on_screen(session, desktop, l).await?,
+                    Some(mouse_click_step::Target::Point(p)) => self.point_on_screen(session, desktop, p).await?,
                     None => return Err("the mouseClick step has no target".into()),
                 };
                 self.arm_input_stamp(session).await?;
-                *last_action = Some(Action {
-                    step_number: number,
-                    started: Instant::now(),
-                });
+                *last_action = Some(Action { step_number: number, started: Instant::now() });
                 desktop
-                    .send(Input::Click {
-                        x,
-                        y,
-                        button: button_named(&m.button),
-                    })
+                    .send(Input::Click { x, y, button: button_named(&m.button) })
                     .await
                     .map_err(|e| e.to_string())?;
             }
         }
-        timing.url = driver
-            .current_url()
-            .await
-            .map(|u| u.to_string())
-            .unwrap_or_default();
+        timing.url = driver.current_url().await.map(|u| u.to_string()).unwrap_or_default();
         Ok(timing)
     }
 
     fn desktop(&self) -> StepResult<&'a Desktop> {
-        self.desktop
-            .ok_or_else(|| "desktop input is not enabled on this agent".to_string())
+        self.desktop.ok_or_else(|| "desktop input is not enabled on this agent".to_string())
     }
 
     /// Finds the first element the locator matches, polling every 5 ms until the timeout.
-    async fn find(
-        &self,
-        session: &Session,
-        loc: Option<&Locator>,
-        timeout: Duration,
-    ) -> StepResult<WebElement> {
+    async fn find(&self, session: &Session, loc: Option<&Locator>, timeout: Duration) -> StepResult<WebElement> {
         let by = self.by(loc)?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -525,9 +400,7 @@ impl<'a> Scenario<'a> {
     }
 
     fn by(&self, loc: Option<&Locator>) -> StepResult<By> {
-        let by = loc
-            .and_then(|l| l.by.as_ref())
-            .ok_or("the step has no locator")?;
+        let by = loc.and_then(|l| l.by.as_ref()).ok_or("the step has no locator")?;
         Ok(match by {
             locator::By::Css(v) => By::Css(self.fill(v)),
             locator::By::Xpath(v) => By::XPath(self.fill(v)),
@@ -546,55 +419,28 @@ impl<'a> Scenario<'a> {
     ) -> StepResult<WaitOutcome> {
         let (kind, arg, by, what) = match &w.condition {
             None => return Err("the wait step has no condition".into()),
-            Some(wait_step::Condition::Visible(l)) => (
-                "visible",
-                locator_value(l),
-                locator_kind(l),
-                format!("{} to be visible", describe(Some(l))),
-            ),
-            Some(wait_step::Condition::Clickable(l)) => (
-                "clickable",
-                locator_value(l),
-                locator_kind(l),
-                format!("{} to be clickable", describe(Some(l))),
-            ),
-            Some(wait_step::Condition::TextPresent(t)) => {
-                ("textPresent", t.as_str(), "", format!("text {t:?}"))
+            Some(wait_step::Condition::Visible(l)) => {
+                ("visible", locator_value(l), locator_kind(l), format!("{} to be visible", describe(Some(l))))
             }
-            Some(wait_step::Condition::UrlMatches(t)) => (
-                "urlMatches",
-                t.as_str(),
-                "",
-                format!("the URL to match {t}"),
-            ),
+            Some(wait_step::Condition::Clickable(l)) => {
+                ("clickable", locator_value(l), locator_kind(l), format!("{} to be clickable", describe(Some(l))))
+            }
+            Some(wait_step::Condition::TextPresent(t)) => ("textPresent", t.as_str(), "", format!("text {t:?}")),
+            Some(wait_step::Condition::UrlMatches(t)) => {
+                ("urlMatches", t.as_str(), "", format!("the URL to match {t}"))
+            }
             Some(wait_step::Condition::Js(t)) => ("js", t.as_str(), "", format!("{t} to be true")),
         };
         let arg = self.fill(arg);
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let args = vec![
-                kind.into(),
-                arg.clone().into(),
-                by.into(),
-                (left.as_millis() as u64).into(),
-            ];
-            match session
-                .driver
-                .execute_async(timing::WAIT_JS, args)
-                .await
-                .and_then(|r| r.convert::<WaitOutcome>())
-            {
+            let args = vec![kind.into(), arg.clone().into(), by.into(), (left.as_millis() as u64).into()];
+            match session.driver.execute_async(timing::WAIT_JS, args).await.and_then(|r| r.convert::<WaitOutcome>()) {
                 Ok(outcome) if outcome.met => return Ok(outcome),
                 Ok(outcome) if Instant::now() >= deadline => {
-                    let detail = outcome
-                        .last_error
-                        .map(|e| format!(" (last script error: {e})"))
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "timed out after {} ms waiting for {what}{detail}",
-                        timeout.as_millis()
-                    ));
+                    let detail = outcome.last_error.map(|e| format!(" (last script error: {e})")).unwrap_or_default();
+                    return Err(format!("timed out after {} ms waiting for {what}{detail}", timeout.as_millis()));
                 }
                 Ok(_) => {}
                 Err(e) if is_navigation_race(&e.to_string()) && Instant::now() < deadline => {}
@@ -605,28 +451,14 @@ impl<'a> Scenario<'a> {
     }
 
     async fn arm_input_stamp(&self, session: &Session) -> StepResult<()> {
-        session
-            .driver
-            .execute(timing::ARM_INPUT_STAMP_JS, Vec::new())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        session.driver.execute(timing::ARM_INPUT_STAMP_JS, Vec::new()).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Polls (through WebDriver) until the typed text has arrived in the element.
-    async fn confirm_value(
-        &self,
-        el: &WebElement,
-        text: &str,
-        timeout: Duration,
-    ) -> StepResult<()> {
+    async fn confirm_value(&self, el: &WebElement, text: &str, timeout: Duration) -> StepResult<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let value = el
-                .prop("value")
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
+            let value = el.prop("value").await.map_err(|e| e.to_string())?.unwrap_or_default();
             if value.ends_with(text) {
                 return Ok(());
             }
@@ -641,12 +473,7 @@ impl<'a> Scenario<'a> {
         }
     }
 
-    async fn locate_on_screen(
-        &self,
-        session: &mut Session,
-        desktop: &Desktop,
-        l: &Locator,
-    ) -> StepResult<(i32, i32)> {
+    async fn locate_on_screen(&self, session: &mut Session, desktop: &Desktop, l: &Locator) -> StepResult<(i32, i32)> {
         let el = self.find(session, Some(l), self.default_timeout).await?;
         self.element_on_screen(session, desktop, &el).await
     }
@@ -669,10 +496,7 @@ impl<'a> Scenario<'a> {
             .await
             .and_then(|r| r.convert())
             .map_err(|e| e.to_string())?;
-        let point = ViewportPoint {
-            x: centre.0.round() as i32,
-            y: centre.1.round() as i32,
-        };
+        let point = ViewportPoint { x: centre.0.round() as i32, y: centre.1.round() as i32 };
         self.point_on_screen(session, desktop, &point).await
     }
 
@@ -706,18 +530,14 @@ impl<'a> Scenario<'a> {
             Ok(Ok(u)) => self.redact(u.as_str()),
             _ => "unknown".into(),
         };
-        let screenshot_png =
-            match tokio::time::timeout(CAPTURE_TIMEOUT, driver.screenshot_as_png()).await {
-                Ok(Ok(png)) => png,
-                _ => Vec::new(),
-            };
-        let console_errors = match tokio::time::timeout(CAPTURE_TIMEOUT, driver.browser_log()).await
-        {
-            Ok(Ok(entries)) => entries
-                .into_iter()
-                .filter(|e| e.level == "SEVERE")
-                .map(|e| self.redact(&e.message))
-                .collect(),
+        let screenshot_png = match tokio::time::timeout(CAPTURE_TIMEOUT, driver.screenshot_as_png()).await {
+            Ok(Ok(png)) => png,
+            _ => Vec::new(),
+        };
+        let console_errors = match tokio::time::timeout(CAPTURE_TIMEOUT, driver.browser_log()).await {
+            Ok(Ok(entries)) => {
+                entries.into_iter().filter(|e| e.level == "SEVERE").map(|e| self.redact(&e.message)).collect()
+            }
             _ => Vec::new(),
         };
         StepFailure {
@@ -750,10 +570,7 @@ async fn measure_viewport_offset(session: &Session, desktop: &Desktop) -> StepRe
     let mut nudge = 0;
     loop {
         let (x, y) = (centre.0 as i32 + nudge, centre.1 as i32 + nudge);
-        desktop
-            .send(Input::MoveTo { x, y })
-            .await
-            .map_err(|e| e.to_string())?;
+        desktop.send(Input::MoveTo { x, y }).await.map_err(|e| e.to_string())?;
         let poll_until = Instant::now() + Duration::from_millis(300);
         while Instant::now() < poll_until {
             let offset: Option<(f64, f64)> = session
@@ -768,9 +585,7 @@ async fn measure_viewport_offset(session: &Session, desktop: &Desktop) -> StepRe
             tokio::time::sleep(POLL).await;
         }
         if Instant::now() >= deadline {
-            return Err(
-                "could not locate the page on the screen: the page saw no mouse movement".into(),
-            );
+            return Err("could not locate the page on the screen: the page saw no mouse movement".into());
         }
         nudge += 3;
     }
@@ -811,22 +626,11 @@ fn describe(l: Option<&Locator>) -> String {
 /// Errors that only mean "the page is navigating, ask again".
 fn is_navigation_race(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    [
-        "navigation",
-        "unloaded",
-        "stale element",
-        "detached",
-        "execution context",
-    ]
-    .iter()
-    .any(|s| m.contains(s))
+    ["navigation", "unloaded", "stale element", "detached", "execution context"].iter().any(|s| m.contains(s))
 }
 
 fn progress(fraction: f64, repeat: u32, repeats: u32, t: &StepTiming) -> Progress {
-    let mut metrics = HashMap::from([
-        ("stepWallMs".to_string(), t.wall_ms),
-        ("repeat".to_string(), f64::from(repeat)),
-    ]);
+    let mut metrics = HashMap::from([("stepWallMs".to_string(), t.wall_ms), ("repeat".to_string(), f64::from(repeat))]);
     if let Some(p) = &t.page {
         metrics.insert("loadMs".into(), p.load_ms);
         metrics.insert("ttfbMs".into(), p.ttfb_ms);
@@ -837,10 +641,7 @@ fn progress(fraction: f64, repeat: u32, repeats: u32, t: &StepTiming) -> Progres
     }
     Progress {
         fraction,
-        message: format!(
-            "repeat {repeat}/{repeats}: step {} {:?} done",
-            t.step_number, t.name
-        ),
+        message: format!("repeat {repeat}/{repeats}: step {} {:?} done", t.step_number, t.name),
         metrics,
     }
 }
@@ -851,8 +652,5 @@ fn ms(d: Duration) -> f64 {
 
 fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    pbjson_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }

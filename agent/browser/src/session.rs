@@ -41,15 +41,9 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) async fn start(
-        driver_url: &str,
-        options: &SessionOptions,
-    ) -> Result<Self, BrowserError> {
-        let start_err =
-            |e: thirtyfour::error::WebDriverError| BrowserError::SessionStart(e.to_string());
-        let (caps, profile): (thirtyfour::Capabilities, Option<PathBuf>) = if options.browser
-            == "firefox"
-        {
+    pub(crate) async fn start(driver_url: &str, options: &SessionOptions) -> Result<Self, BrowserError> {
+        let start_err = |e: thirtyfour::error::WebDriverError| BrowserError::SessionStart(e.to_string());
+        let (caps, profile): (thirtyfour::Capabilities, Option<PathBuf>) = if options.browser == "firefox" {
             let mut caps = DesiredCapabilities::firefox();
             if options.headless {
                 caps.add_arg("-headless").map_err(start_err)?;
@@ -64,13 +58,8 @@ impl Session {
             if options.headless {
                 caps.add_arg("--headless=new").map_err(start_err)?;
             }
-            caps.add_arg(&format!(
-                "--window-size={},{}",
-                options.window.0, options.window.1
-            ))
-            .map_err(start_err)?;
-            caps.add_arg(&format!("--user-data-dir={}", profile.display()))
-                .map_err(start_err)?;
+            caps.add_arg(&format!("--window-size={},{}", options.window.0, options.window.1)).map_err(start_err)?;
+            caps.add_arg(&format!("--user-data-dir={}", profile.display())).map_err(start_err)?;
             // A fresh profile's new-tab page reaches for a search engine and can stall the
             // first command for seconds offline: start on about:blank instead.
             caps.add_experimental_option(
@@ -78,8 +67,7 @@ impl Session {
                 serde_json::json!({"session.restore_on_startup": 4, "session.startup_urls": ["about:blank"]}),
             )
             .map_err(start_err)?;
-            caps.set_browser_log_level(LoggingPrefsLogLevel::Severe)
-                .map_err(start_err)?;
+            caps.set_browser_log_level(LoggingPrefsLogLevel::Severe).map_err(start_err)?;
             (caps.into(), Some(profile))
         };
         let started = tokio::time::timeout(START_TIMEOUT, WebDriver::new(driver_url, caps)).await;
@@ -91,10 +79,7 @@ impl Session {
                 }
                 return Err(match failed {
                     Ok(Err(e)) => BrowserError::SessionStart(e.to_string()),
-                    _ => BrowserError::SessionStart(format!(
-                        "no session after {}s",
-                        START_TIMEOUT.as_secs()
-                    )),
+                    _ => BrowserError::SessionStart(format!("no session after {}s", START_TIMEOUT.as_secs())),
                 });
             }
         };
@@ -105,12 +90,7 @@ impl Session {
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string();
-        let session = Self {
-            driver,
-            version,
-            viewport_offset: None,
-            profile,
-        };
+        let session = Self { driver, version, viewport_offset: None, profile };
         if let Err(e) = session.driver.set_script_timeout(SCRIPT_TIMEOUT).await {
             session.close().await;
             return Err(BrowserError::SessionStart(e.to_string()));
@@ -141,8 +121,7 @@ fn new_profile_dir() -> Result<PathBuf, BrowserError> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("{}{}-{n}", profile_prefix(), std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BrowserError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| BrowserError::io(format!("creating {}", dir.display()), e))?;
     Ok(dir)
 }
 

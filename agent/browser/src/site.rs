@@ -56,10 +56,7 @@ async fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Request>> {
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let header_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -87,12 +84,7 @@ async fn read_request(
             continue;
         };
         match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("bad content-length"))?
-            }
+            "content-length" => length = value.trim().parse().map_err(|_| invalid("bad content-length"))?,
             "connection" => keep_alive = !value.trim().eq_ignore_ascii_case("close"),
             _ => {}
         }
@@ -110,12 +102,7 @@ async fn read_request(
     }
     let body = buf[header_end..header_end + length].to_vec();
     buf.drain(..header_end + length);
-    Ok(Some(Request {
-        method,
-        path,
-        body,
-        keep_alive,
-    }))
+    Ok(Some(Request { method, path, body, keep_alive }))
 }
 
 async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
@@ -130,32 +117,20 @@ async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
             let user = body["username"].as_str().unwrap_or_default();
             let password = body["password"].as_str().unwrap_or_default();
             if user.is_empty() || password.is_empty() {
-                (
-                    "401 Unauthorized",
-                    "application/json",
-                    br#"{"error":"username and password are required"}"#.to_vec(),
-                )
+                ("401 Unauthorized", "application/json", br#"{"error":"username and password are required"}"#.to_vec())
             } else {
                 (
                     "200 OK",
                     "application/json",
-                    serde_json::json!({"user": user, "rows": DASHBOARD_ROWS})
-                        .to_string()
-                        .into_bytes(),
+                    serde_json::json!({"user": user, "rows": DASHBOARD_ROWS}).to_string().into_bytes(),
                 )
             }
         }
         ("GET", "/heavy") => ("200 OK", HTML, heavy_page().into_bytes()),
         ("GET", "/form") => ("200 OK", HTML, FORM.into()),
-        ("GET", p) if p.starts_with("/static/img/") => {
-            ("200 OK", "image/svg+xml", image(p).into_bytes())
-        }
-        ("GET", p) if p.starts_with("/static/js/") => {
-            ("200 OK", "text/javascript", script(p).into_bytes())
-        }
-        ("GET", p) if p.starts_with("/static/css/") => {
-            ("200 OK", "text/css", style(p).into_bytes())
-        }
+        ("GET", p) if p.starts_with("/static/img/") => ("200 OK", "image/svg+xml", image(p).into_bytes()),
+        ("GET", p) if p.starts_with("/static/js/") => ("200 OK", "text/javascript", script(p).into_bytes()),
+        ("GET", p) if p.starts_with("/static/css/") => ("200 OK", "text/css", style(p).into_bytes()),
         _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
     }
 }
@@ -211,17 +186,11 @@ const FORM: &str = r#"<!doctype html><html><head><title>Form</title></head><body
 fn heavy_page() -> String {
     let mut html = String::from("<!doctype html><html><head><title>Heavy page</title>");
     for i in 0..HEAVY_STYLES {
-        let _ = write!(
-            html,
-            r#"<link rel="stylesheet" href="/static/css/{i}.css">"#
-        );
+        let _ = write!(html, r#"<link rel="stylesheet" href="/static/css/{i}.css">"#);
     }
     html.push_str("</head><body><h1>Heavy page</h1><div class=\"grid\">");
     for i in 0..HEAVY_IMAGES {
-        let _ = write!(
-            html,
-            r#"<img src="/static/img/{i}.svg" width="160" height="120" alt="tile {i}">"#
-        );
+        let _ = write!(html, r#"<img src="/static/img/{i}.svg" width="160" height="120" alt="tile {i}">"#);
     }
     html.push_str("</div>");
     for i in 0..HEAVY_SCRIPTS {
@@ -232,11 +201,7 @@ fn heavy_page() -> String {
 }
 
 fn asset_number(path: &str) -> usize {
-    path.rsplit('/')
-        .next()
-        .and_then(|f| f.split('.').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    path.rsplit('/').next().and_then(|f| f.split('.').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 fn image(path: &str) -> String {
@@ -267,10 +232,7 @@ fn script(path: &str) -> String {
         n + 7
     );
     for k in 0..200 {
-        let _ = writeln!(
-            js,
-            "var v{n}_{k} = {{ id: {k}, label: 'item {k} of chunk {n}', tags: ['a', 'b', 'c'] }};"
-        );
+        let _ = writeln!(js, "var v{n}_{k} = {{ id: {k}, label: 'item {k} of chunk {n}', tags: ['a', 'b', 'c'] }};");
     }
     js
 }

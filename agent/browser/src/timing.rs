@@ -187,8 +187,7 @@ pub(crate) fn page_figures(p: &PageTiming) -> [(&'static str, f64); 13] {
 pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
     // (step, figure) in first-seen order, so the summary reads like the scenario.
     let mut order: Vec<(String, &'static str)> = Vec::new();
-    let mut values: std::collections::HashMap<(String, &'static str), Vec<f64>> =
-        Default::default();
+    let mut values: std::collections::HashMap<(String, &'static str), Vec<f64>> = Default::default();
     let mut add = |step: &str, figure: &'static str, v: f64| {
         let key = (step.to_string(), figure);
         if !values.contains_key(&key) {
@@ -214,10 +213,7 @@ pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
             }
         }
     }
-    order
-        .iter()
-        .filter_map(|key| summarize(&key.0, key.1, &values[key]))
-        .collect()
+    order.iter().filter_map(|key| summarize(&key.0, key.1, &values[key])).collect()
 }
 
 /// Median, p90 (linear interpolation between closest ranks), min and max.
@@ -257,13 +253,7 @@ mod tests {
         }))
         .unwrap();
         let p = raw.into_page_timing();
-        assert_eq!(
-            (p.dns_ms, p.connect_ms, p.tls_ms, p.ttfb_ms, p.response_ms),
-            (0.5, 0.5, 0.0, 5.0, 1.0)
-        );
-        assert_eq!(
-            (p.dom_content_loaded_ms, p.load_ms, p.transfer_bytes),
-            (20.0, 30.0, 1234)
-        );
+        assert_eq!((p.dns_ms, p.connect_ms, p.tls_ms, p.ttfb_ms, p.response_ms), (0.5, 0.5, 0.0, 5.0, 1.0));
+        assert_eq!((p.dom_content_loaded_ms, p.load_ms, p.transfer_bytes), (20.0, 30.0, 1234));
     }
 }

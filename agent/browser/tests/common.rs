@@ -8,21 +8,14 @@ use tokio::sync::{Mutex, MutexGuard};
 /// One test at a time: they start browsers and count processes.
 pub async fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("baton_browser=info")
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter("baton_browser=info").with_test_writer().try_init();
     LOCK.get_or_init(|| Mutex::new(())).lock().await
 }
 
 pub fn require(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{program} is not on PATH: install the Debian package {package} (deploy/install.sh does)"
-    );
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
+    assert!(found, "{program} is not on PATH: install the Debian package {package} (deploy/install.sh does)");
 }
 
 /// Serves the reference site on a free loopback port; returns its base URL.
@@ -40,8 +33,7 @@ pub async fn engine(config: BrowserConfig) -> BrowserEngine {
 }
 
 pub fn spec(json: &str) -> BrowserSpec {
-    let req = baton_proto::spec::parse_request(&format!(r#"{{"spec":{{"browser":{json}}}}}"#))
-        .expect("spec parses");
+    let req = baton_proto::spec::parse_request(&format!(r#"{{"spec":{{"browser":{json}}}}}"#)).expect("spec parses");
     let Some(baton_proto::v1::job_spec::Kind::Browser(spec)) = req.spec.unwrap().kind else {
         panic!("not a browser spec")
     };
@@ -51,10 +43,8 @@ pub fn spec(json: &str) -> BrowserSpec {
 
 /// The login flow of examples/browser-login.json, against `base`.
 pub fn login_spec(base: &str, extra: &str) -> BrowserSpec {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/browser-login.json"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/browser-login.json"))
+        .unwrap();
     let text = text.replace("http://127.0.0.1:8088", base);
     let mut req: serde_json::Value = serde_json::from_str(&text).unwrap();
     let browser = req["spec"]["browser"].take();
@@ -114,9 +104,5 @@ pub async fn settle(f: fn() -> Vec<u32>) -> Vec<u32> {
 }
 
 pub fn kill(pid: u32) {
-    Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
 }

@@ -28,15 +28,9 @@ async fn chromedriver_killed_mid_run_is_restarted_and_the_next_run_succeeds() {
     let broken = engine.run(&slow, &JobContext::detached("killed")).await;
     killer.await.unwrap();
     assert!(broken.is_err(), "the run whose driver died fails");
-    let report = engine
-        .run(&login_spec(&base, ""), &JobContext::detached("after"))
-        .await
-        .expect("the next run succeeds");
+    let report =
+        engine.run(&login_spec(&base, ""), &JobContext::detached("after")).await.expect("the next run succeeds");
     assert!(report.repeats[0].steps[0].page.is_some());
-    assert_eq!(
-        settle(our_browsers).await,
-        Vec::<u32>::new(),
-        "the orphaned browser was cleaned up"
-    );
+    assert_eq!(settle(our_browsers).await, Vec::<u32>::new(), "the orphaned browser was cleaned up");
     engine.shutdown().await;
 }

@@ -60,7 +60,13 @@ impl AdamW {
         self.step_on(params, grads, max_norm, true)
     }
 
-    fn step_on(&mut self, params: &[&Tensor], grads: &[Tensor], max_norm: f64, allow_fused: bool) -> Result<f64, Gpt2Error> {
+    fn step_on(
+        &mut self,
+        params: &[&Tensor],
+        grads: &[Tensor],
+        max_norm: f64,
+        allow_fused: bool,
+    ) -> Result<f64, Gpt2Error> {
         if params.len() != grads.len() {
             return Err(Gpt2Error::Torch(format!("{} gradients for {} parameters", grads.len(), params.len())));
         }
@@ -68,7 +74,8 @@ impl AdamW {
         // a sparse one (a lookup-only parameter) is made dense for the update.
         let dense: Vec<Tensor>;
         let grads = if grads.iter().any(|g| g.is_sparse()) {
-            dense = grads.iter().map(|g| if g.is_sparse() { g.to_dense(None, false) } else { g.shallow_clone() }).collect();
+            dense =
+                grads.iter().map(|g| if g.is_sparse() { g.to_dense(None, false) } else { g.shallow_clone() }).collect();
             &dense[..]
         } else {
             grads
@@ -92,8 +99,8 @@ impl AdamW {
         };
         let fused = allow_fused
             && params.iter().zip(grads).all(|(p, g)| {
-            p.device() == Device::Cpu && p.kind() == Kind::Float && g.kind() == Kind::Float && p.is_contiguous()
-        });
+                p.device() == Device::Cpu && p.kind() == Kind::Float && g.kind() == Kind::Float && p.is_contiguous()
+            });
         if fused {
             self.fused_cpu_step(params, grads, k);
         } else {
@@ -150,7 +157,8 @@ impl AdamW {
         tch::no_grad(|| {
             for (i, (p, g)) in params.iter().zip(grads).enumerate() {
                 let g = if grad_scale < 1.0 { g * grad_scale } else { g.shallow_clone() };
-                let (mut p, mut m, mut v) = (p.shallow_clone(), self.exp_avg[i].shallow_clone(), self.exp_avg_sq[i].shallow_clone());
+                let (mut p, mut m, mut v) =
+                    (p.shallow_clone(), self.exp_avg[i].shallow_clone(), self.exp_avg_sq[i].shallow_clone());
                 let decay = self.decay_factor(i);
                 if decay != 1.0 {
                     p *= decay;
@@ -235,7 +243,8 @@ mod tests {
     fn fused_matches_tensor_ops() {
         tch::manual_seed(0);
         let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-        let a = [Tensor::randn([70_000], (Kind::Float, Device::Cpu)), Tensor::randn([30, 40], (Kind::Float, Device::Cpu))];
+        let a =
+            [Tensor::randn([70_000], (Kind::Float, Device::Cpu)), Tensor::randn([30, 40], (Kind::Float, Device::Cpu))];
         let b: Vec<Tensor> = a.iter().map(|t| t.copy()).collect();
         let (pa, pb): (Vec<&Tensor>, Vec<&Tensor>) = (a.iter().collect(), b.iter().collect());
         let mut fused = AdamW::new(&pa, config, 2);

@@ -1,11 +1,11 @@
 //! The `gpt2Infer` job: timed generation (time to first token, time per output token).
 
+use crate::Gpt2Error;
 use crate::device::{self, Gpt2Capabilities, JobDevice};
 use crate::model::{Gpt2, LeftPadding};
 use crate::setup::{self, ModelPlan};
 use crate::stats::phase_stats;
 use crate::tokenizer::Gpt2Tokenizer;
-use crate::Gpt2Error;
 use baton_proto::context::JobContext;
 use baton_proto::spec::gpt2 as rules;
 use baton_proto::v1::{Gpt2Generation, Gpt2InferReport, Gpt2InferSpec, Gpt2Sampling, Progress};
@@ -35,7 +35,10 @@ pub fn infer(spec: &Gpt2InferSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let c = &plan.config;
     if let Some(bad) = prompts.iter().flatten().find(|&&id| i64::from(id) >= c.vocab_size) {
-        return Err(Gpt2Error::Prompt(format!("token id {bad} is outside the model's vocabulary (vocabSize {})", c.vocab_size)));
+        return Err(Gpt2Error::Prompt(format!(
+            "token id {bad} is outside the model's vocabulary (vocabSize {})",
+            c.vocab_size
+        )));
     }
     let total_len = prompt_len + spec.max_new_tokens as usize;
     if total_len as i64 > c.n_ctx {
@@ -61,9 +64,10 @@ pub fn infer(spec: &Gpt2InferSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         .collect();
     let prompt = Tensor::from_slice(&flat).view([prompts.len() as i64, prompt_len as i64]).to_device(device.device);
     let lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-    let padding = lengths.iter().any(|&l| l != prompt_len as i64).then(|| {
-        LeftPadding::new(&lengths, prompt_len as i64, total_len as i64, device.device)
-    });
+    let padding = lengths
+        .iter()
+        .any(|&l| l != prompt_len as i64)
+        .then(|| LeftPadding::new(&lengths, prompt_len as i64, total_len as i64, device.device));
     let run = Run { model: &model, device: &device, spec: &spec, name: &name, ctx, padding: padding.as_ref() };
     for _ in 0..spec.warmup_runs {
         run.generate(&prompt, true)?;

@@ -55,7 +55,8 @@ impl Gpt2Config {
     /// Every tensor of the model: its Hugging Face name (without `transformer.`) and shape.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<i64>)> {
         let (d, inner) = (self.n_embd, self.n_inner);
-        let mut shapes = vec![("wte.weight".to_string(), vec![self.vocab_size, d]), ("wpe.weight".into(), vec![self.n_ctx, d])];
+        let mut shapes =
+            vec![("wte.weight".to_string(), vec![self.vocab_size, d]), ("wpe.weight".into(), vec![self.n_ctx, d])];
         for i in 0..self.n_layer {
             let h = |s: &str| format!("h.{i}.{s}");
             shapes.extend([
@@ -152,7 +153,10 @@ pub struct Gpt2 {
 impl Gpt2 {
     /// Builds the model from its tensors, asked for by name and shape in
     /// [`Gpt2Config::tensor_shapes`] order.
-    pub fn from_tensors<E>(config: Gpt2Config, mut tensor: impl FnMut(&str, &[i64]) -> Result<Tensor, E>) -> Result<Self, E> {
+    pub fn from_tensors<E>(
+        config: Gpt2Config,
+        mut tensor: impl FnMut(&str, &[i64]) -> Result<Tensor, E>,
+    ) -> Result<Self, E> {
         let mut named = std::collections::HashMap::new();
         for (name, shape) in config.tensor_shapes() {
             let t = tensor(&name, &shape)?;
@@ -163,7 +167,9 @@ impl Gpt2 {
         let ln_f = LayerNorm { weight: take(&mut named, "ln_f.weight"), bias: take(&mut named, "ln_f.bias") };
         let mut blocks = Vec::new();
         for i in 0..config.n_layer {
-            let mut pair = |s: &str| (take(&mut named, &format!("h.{i}.{s}.weight")), take(&mut named, &format!("h.{i}.{s}.bias")));
+            let mut pair = |s: &str| {
+                (take(&mut named, &format!("h.{i}.{s}.weight")), take(&mut named, &format!("h.{i}.{s}.bias")))
+            };
             let ln = |(weight, bias)| LayerNorm { weight, bias };
             let conv = |(weight, bias)| Conv1d { weight, bias };
             blocks.push(Block {
@@ -301,13 +307,19 @@ impl Gpt2 {
     /// Logits `[batch, vocab]` of the last position after feeding `ids` `[batch, seq]`;
     /// with a cache, only the new tokens are computed and the cache grows by them.
     /// `padding` is given when the prompts were padded to one length.
-    pub fn next_token_logits(&self, ids: &Tensor, cache: Option<&mut KvCache>, padding: Option<&LeftPadding>) -> Tensor {
+    pub fn next_token_logits(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding: Option<&LeftPadding>,
+    ) -> Tensor {
         let hidden = self.hidden_padded(ids, cache, false, padding);
         self.lm_head(&hidden.select(1, -1))
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        let wte = if self.wte.kind() == self.compute { self.wte.shallow_clone() } else { self.wte.to_kind(self.compute) };
+        let wte =
+            if self.wte.kind() == self.compute { self.wte.shallow_clone() } else { self.wte.to_kind(self.compute) };
         hidden.to_kind(self.compute).linear::<Tensor>(&wte, None)
     }
 
@@ -406,7 +418,11 @@ impl Conv1d {
 
 fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Tensor {
     // In bf16 compute with fp32 weights the input is promoted: LayerNorm runs in fp32.
-    let x = if ln.weight.kind() == Kind::Float && x.kind() != Kind::Float { x.to_kind(Kind::Float) } else { x.shallow_clone() };
+    let x = if ln.weight.kind() == Kind::Float && x.kind() != Kind::Float {
+        x.to_kind(Kind::Float)
+    } else {
+        x.shallow_clone()
+    };
     x.layer_norm([ln.weight.size()[0]], Some(&ln.weight), Some(&ln.bias), eps, true)
 }
 

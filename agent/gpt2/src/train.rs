@@ -1,15 +1,17 @@
 //! The `gpt2Train` job: timed training steps (data, forward + loss, backward, clip + AdamW).
 
+use crate::Gpt2Error;
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::device::{self, Gpt2Capabilities};
 use crate::setup::{self, ModelPlan};
 use crate::stats::phase_stats;
 use crate::tokenizer::Gpt2Tokenizer;
-use crate::Gpt2Error;
 use baton_proto::context::JobContext;
 use baton_proto::spec::SpecError;
 use baton_proto::spec::gpt2 as rules;
-use baton_proto::v1::{AdamW as AdamWSpec, Gpt2TrainReport, Gpt2TrainSpec, Progress, SyntheticTokens, gpt2_train_spec::Data};
+use baton_proto::v1::{
+    AdamW as AdamWSpec, Gpt2TrainReport, Gpt2TrainSpec, Progress, SyntheticTokens, gpt2_train_spec::Data,
+};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -146,7 +148,8 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     // PaLM's estimate: 6·N per token for the matmuls (N without position embeddings) plus
     // 12·layers·width·seq per token for attention.
     let matmul_params = model.config.parameters() - (c.n_ctx * c.n_embd) as u64;
-    let flops_per_step = tokens * (6.0 * matmul_params as f64 + 12.0 * (c.n_layer * c.n_embd) as f64 * f64::from(spec.seq_len));
+    let flops_per_step =
+        tokens * (6.0 * matmul_params as f64 + 12.0 * (c.n_layer * c.n_embd) as f64 * f64::from(spec.seq_len));
     let achieved = flops_per_step / (step.mean_ms / 1000.0);
     let (peak, peak_source) = match spec.peak_flops {
         Some(p) => (p, "peakFlops given in the spec".to_string()),
@@ -232,9 +235,14 @@ struct TrainData {
 }
 
 enum Source {
-    Synthetic { vocab_size: i64 },
+    Synthetic {
+        vocab_size: i64,
+    },
     /// Consecutive windows over the tokens, wrapping around at the end.
-    Tokens { ids: Vec<i64>, cursor: usize },
+    Tokens {
+        ids: Vec<i64>,
+        cursor: usize,
+    },
 }
 
 impl TrainData {
@@ -261,7 +269,9 @@ impl TrainData {
                     )));
                 }
                 if let Some(bad) = ids.iter().find(|&&id| i64::from(id) >= vocab_size) {
-                    return Err(Gpt2Error::Data(format!("token id {bad} is outside the model's vocabulary (vocabSize {vocab_size})")));
+                    return Err(Gpt2Error::Data(format!(
+                        "token id {bad} is outside the model's vocabulary (vocabSize {vocab_size})"
+                    )));
                 }
                 Source::Tokens { ids: ids.into_iter().map(i64::from).collect(), cursor: 0 }
             }
@@ -275,7 +285,9 @@ impl TrainData {
             return t.shallow_clone();
         }
         let t = match &mut self.source {
-            Source::Synthetic { vocab_size } => Tensor::randint(*vocab_size, [batch, seq + 1], (Kind::Int64, Device::Cpu)),
+            Source::Synthetic { vocab_size } => {
+                Tensor::randint(*vocab_size, [batch, seq + 1], (Kind::Int64, Device::Cpu))
+            }
             Source::Tokens { ids, cursor } => {
                 let row = (seq + 1) as usize;
                 let mut rows = Vec::with_capacity(batch as usize * row);

@@ -3,8 +3,8 @@
 
 use super::{Check, SpecError};
 use crate::v1::{
-    BrowserSpec, BrowserStep, Locator, assert_step, browser_step, find_step, locator,
-    mouse_click_step, mouse_move_step, wait_step,
+    BrowserSpec, BrowserStep, Locator, assert_step, browser_step, find_step, locator, mouse_click_step,
+    mouse_move_step, wait_step,
 };
 use std::collections::HashMap;
 
@@ -44,7 +44,8 @@ pub const MAX_TIMEOUT_MS: u32 = 10 * 60 * 1000;
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 pub const DEFAULT_WINDOW: (u32, u32) = (1280, 800);
 
-const STEP_KINDS: &str = "open, setWindowSize, find, wait, assert, screenshot, script, typeText, keyChord, mouseMove, mouseClick";
+const STEP_KINDS: &str =
+    "open, setWindowSize, find, wait, assert, screenshot, script, typeText, keyChord, mouseMove, mouseClick";
 const LOCATOR_RULE: &str = "exactly one of css, xpath, id, name, linkText is required";
 
 /// What a browser job needs from an agent, so the coordinator only sends it to one that has it.
@@ -68,11 +69,7 @@ pub fn requirements(spec: &BrowserSpec) -> BrowserNeeds {
 
 /// The browser a spec asks for, with the default filled in.
 pub fn browser_name(spec: &BrowserSpec) -> &str {
-    if spec.browser.is_empty() {
-        "chrome"
-    } else {
-        &spec.browser
-    }
+    if spec.browser.is_empty() { "chrome" } else { &spec.browser }
 }
 
 /// The step kind's JSON name, as in spec files and reports.
@@ -96,10 +93,7 @@ pub fn step_kind_name(step: &BrowserStep) -> &'static str {
 
 pub fn is_desktop_step(step: &BrowserStep) -> bool {
     use browser_step::Kind;
-    matches!(
-        step.kind,
-        Some(Kind::TypeText(_) | Kind::KeyChord(_) | Kind::MouseMove(_) | Kind::MouseClick(_))
-    )
+    matches!(step.kind, Some(Kind::TypeText(_) | Kind::KeyChord(_) | Kind::MouseMove(_) | Kind::MouseClick(_)))
 }
 
 /// The `${name}` references in a text, or the rule the text breaks.
@@ -113,9 +107,7 @@ pub fn variable_references(text: &str) -> Result<Vec<&str>, String> {
         };
         let name = &after[..end];
         if !is_variable_name(name) {
-            return Err(format!(
-                "${{{name}}} is not a variable name (letters, digits and _)"
-            ));
+            return Err(format!("${{{name}}} is not a variable name (letters, digits and _)"));
         }
         refs.push(name);
         rest = &after[end + 1..];
@@ -151,10 +143,7 @@ pub fn check_key_chord(keys: &str) -> Result<Vec<&str>, String> {
     for p in &parts {
         let single_char = p.chars().count() == 1;
         if !single_char && !KEY_NAMES.contains(&p.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "unknown key {p:?}: use a single character or one of {}",
-                KEY_NAMES.join(", ")
-            ));
+            return Err(format!("unknown key {p:?}: use a single character or one of {}", KEY_NAMES.join(", ")));
         }
     }
     Ok(parts)
@@ -163,72 +152,41 @@ pub fn check_key_chord(keys: &str) -> Result<Vec<&str>, String> {
 pub fn validate(spec: &BrowserSpec) -> Check {
     let at = |f: &str| format!("spec.browser.{f}");
     if !spec.browser.is_empty() && !BROWSERS.contains(&spec.browser.as_str()) {
-        return Err(SpecError::new(
-            at("browser"),
-            format!("must be one of {}", BROWSERS.join(", ")),
-        ));
+        return Err(SpecError::new(at("browser"), format!("must be one of {}", BROWSERS.join(", "))));
     }
     if !spec.mode.is_empty() && !MODES.contains(&spec.mode.as_str()) {
-        return Err(SpecError::new(
-            at("mode"),
-            format!("must be one of {}", MODES.join(", ")),
-        ));
+        return Err(SpecError::new(at("mode"), format!("must be one of {}", MODES.join(", "))));
     }
     if spec.repeat > MAX_REPEAT {
-        return Err(SpecError::new(
-            at("repeat"),
-            format!("must be at most {MAX_REPEAT}"),
-        ));
+        return Err(SpecError::new(at("repeat"), format!("must be at most {MAX_REPEAT}")));
     }
     if spec.default_timeout_ms > MAX_TIMEOUT_MS {
-        return Err(SpecError::new(
-            at("defaultTimeoutMs"),
-            format!("must be at most {MAX_TIMEOUT_MS} (10 min)"),
-        ));
+        return Err(SpecError::new(at("defaultTimeoutMs"), format!("must be at most {MAX_TIMEOUT_MS} (10 min)")));
     }
     if let Some(w) = &spec.window_size {
         check_window(&at("windowSize"), w.width, w.height)?;
     }
-    for (name, field) in spec
-        .variables
-        .keys()
-        .map(|k| (k, "variables"))
-        .chain(spec.secrets.keys().map(|k| (k, "secrets")))
+    for (name, field) in
+        spec.variables.keys().map(|k| (k, "variables")).chain(spec.secrets.keys().map(|k| (k, "secrets")))
     {
         if !is_variable_name(name) {
-            return Err(SpecError::new(
-                at(&format!("{field}[{name:?}]")),
-                "names are letters, digits and _",
-            ));
+            return Err(SpecError::new(at(&format!("{field}[{name:?}]")), "names are letters, digits and _"));
         }
     }
-    if let Some(both) = spec
-        .variables
-        .keys()
-        .find(|k| spec.secrets.contains_key(*k))
-    {
-        return Err(SpecError::new(
-            at(&format!("secrets[{both:?}]")),
-            "is also a variable: use one name once",
-        ));
+    if let Some(both) = spec.variables.keys().find(|k| spec.secrets.contains_key(*k)) {
+        return Err(SpecError::new(at(&format!("secrets[{both:?}]")), "is also a variable: use one name once"));
     }
     if spec.steps.is_empty() {
         return Err(SpecError::new(at("steps"), "must not be empty"));
     }
     if spec.steps.len() > MAX_STEPS {
-        return Err(SpecError::new(
-            at("steps"),
-            format!("must have at most {MAX_STEPS} steps"),
-        ));
+        return Err(SpecError::new(at("steps"), format!("must have at most {MAX_STEPS} steps")));
     }
     let headless = spec.headless.unwrap_or(true);
     for (i, step) in spec.steps.iter().enumerate() {
         let field = at(&format!("steps[{i}]"));
         if step.name.chars().count() > 200 {
-            return Err(SpecError::new(
-                format!("{field}.name"),
-                "must be at most 200 characters",
-            ));
+            return Err(SpecError::new(format!("{field}.name"), "must be at most 200 characters"));
         }
         if is_desktop_step(step) && headless {
             return Err(SpecError::new(
@@ -243,10 +201,7 @@ pub fn validate(spec: &BrowserSpec) -> Check {
 
 fn check_window(field: &str, width: u32, height: u32) -> Check {
     if !(100..=10_000).contains(&width) || !(100..=10_000).contains(&height) {
-        return Err(SpecError::new(
-            field,
-            "width and height must be between 100 and 10000",
-        ));
+        return Err(SpecError::new(field, "width and height must be between 100 and 10000"));
     }
     Ok(())
 }
@@ -256,30 +211,18 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
     let text = |name: &str, value: &str| check_text(spec, &format!("{field}.{name}"), value);
     let timeout = |name: &str, ms: u32| check_timeout(&format!("{field}.{name}.timeoutMs"), ms);
     match &step.kind {
-        None => Err(SpecError::new(
-            field,
-            format!("exactly one step kind is required: one of {STEP_KINDS}"),
-        )),
+        None => Err(SpecError::new(field, format!("exactly one step kind is required: one of {STEP_KINDS}"))),
         Some(Kind::Open(o)) => {
             text("open.url", &o.url)?;
             let url = substitute(&o.url, &all_values(spec));
             check_url(&format!("{field}.open.url"), &url)
         }
-        Some(Kind::SetWindowSize(w)) => {
-            check_window(&format!("{field}.setWindowSize"), w.width, w.height)
-        }
+        Some(Kind::SetWindowSize(w)) => check_window(&format!("{field}.setWindowSize"), w.width, w.height),
         Some(Kind::Find(f)) => {
             check_locator(spec, &format!("{field}.find.locator"), f.locator.as_ref())?;
             timeout("find", f.timeout_ms)?;
             let flag = |name: &str, on: bool| {
-                if on {
-                    Ok(())
-                } else {
-                    Err(SpecError::new(
-                        format!("{field}.find.{name}"),
-                        "must be true when given",
-                    ))
-                }
+                if on { Ok(()) } else { Err(SpecError::new(format!("{field}.find.{name}"), "must be true when given")) }
             };
             match &f.action {
                 None => Err(SpecError::new(
@@ -312,58 +255,39 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
                 Some(wait_step::Condition::UrlMatches(t)) => {
                     non_empty_text(spec, &format!("{field}.wait.urlMatches"), t)
                 }
-                Some(wait_step::Condition::Js(t)) => {
-                    non_empty_text(spec, &format!("{field}.wait.js"), t)
-                }
+                Some(wait_step::Condition::Js(t)) => non_empty_text(spec, &format!("{field}.wait.js"), t),
             }
         }
         Some(Kind::Assert(a)) => match &a.check {
-            None => Err(SpecError::new(
-                format!("{field}.assert"),
-                "exactly one of text, title, url is required",
-            )),
+            None => Err(SpecError::new(format!("{field}.assert"), "exactly one of text, title, url is required")),
             Some(assert_step::Check::Text(t)) => {
-                check_locator(
-                    spec,
-                    &format!("{field}.assert.text.locator"),
-                    t.locator.as_ref(),
-                )?;
+                check_locator(spec, &format!("{field}.assert.text.locator"), t.locator.as_ref())?;
                 text("assert.text.contains", &t.contains)
             }
             Some(assert_step::Check::Title(t)) => text("assert.title", t),
             Some(assert_step::Check::Url(t)) => text("assert.url", t),
         },
         Some(Kind::Screenshot(s)) => {
-            let refs = variable_references(&s.name)
-                .map_err(|r| SpecError::new(format!("{field}.screenshot.name"), r))?;
+            let refs =
+                variable_references(&s.name).map_err(|r| SpecError::new(format!("{field}.screenshot.name"), r))?;
             if refs.iter().any(|r| spec.secrets.contains_key(*r)) {
-                return Err(SpecError::new(
-                    format!("{field}.screenshot.name"),
-                    "must not reference a secret",
-                ));
+                return Err(SpecError::new(format!("{field}.screenshot.name"), "must not reference a secret"));
             }
             text("screenshot.name", &s.name)
         }
         Some(Kind::Script(s)) => non_empty_text(spec, &format!("{field}.script.script"), &s.script),
         Some(Kind::TypeText(t)) => {
             if t.locator.is_some() {
-                check_locator(
-                    spec,
-                    &format!("{field}.typeText.locator"),
-                    t.locator.as_ref(),
-                )?;
+                check_locator(spec, &format!("{field}.typeText.locator"), t.locator.as_ref())?;
             }
             timeout("typeText", t.timeout_ms)?;
             non_empty_text(spec, &format!("{field}.typeText.text"), &t.text)
         }
-        Some(Kind::KeyChord(k)) => check_key_chord(&k.keys)
-            .map(|_| ())
-            .map_err(|r| SpecError::new(format!("{field}.keyChord.keys"), r)),
+        Some(Kind::KeyChord(k)) => {
+            check_key_chord(&k.keys).map(|_| ()).map_err(|r| SpecError::new(format!("{field}.keyChord.keys"), r))
+        }
         Some(Kind::MouseMove(m)) => match &m.target {
-            None => Err(SpecError::new(
-                format!("{field}.mouseMove"),
-                "exactly one of element, point is required",
-            )),
+            None => Err(SpecError::new(format!("{field}.mouseMove"), "exactly one of element, point is required")),
             Some(mouse_move_step::Target::Element(l)) => {
                 check_locator(spec, &format!("{field}.mouseMove.element"), Some(l))
             }
@@ -377,10 +301,7 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
                 ));
             }
             match &m.target {
-                None => Err(SpecError::new(
-                    format!("{field}.mouseClick"),
-                    "exactly one of element, point is required",
-                )),
+                None => Err(SpecError::new(format!("{field}.mouseClick"), "exactly one of element, point is required")),
                 Some(mouse_click_step::Target::Element(l)) => {
                     check_locator(spec, &format!("{field}.mouseClick.element"), Some(l))
                 }
@@ -391,19 +312,12 @@ fn validate_step(spec: &BrowserSpec, field: &str, step: &BrowserStep) -> Check {
 }
 
 fn all_values(spec: &BrowserSpec) -> HashMap<String, String> {
-    spec.variables
-        .iter()
-        .chain(spec.secrets.iter())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    spec.variables.iter().chain(spec.secrets.iter()).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn check_timeout(field: &str, ms: u32) -> Check {
     if ms > MAX_TIMEOUT_MS {
-        return Err(SpecError::new(
-            field,
-            format!("must be at most {MAX_TIMEOUT_MS} (10 min)"),
-        ));
+        return Err(SpecError::new(field, format!("must be at most {MAX_TIMEOUT_MS} (10 min)")));
     }
     Ok(())
 }
@@ -421,9 +335,7 @@ fn check_text(spec: &BrowserSpec, field: &str, value: &str) -> Check {
         if !spec.variables.contains_key(name) && !spec.secrets.contains_key(name) {
             return Err(SpecError::new(
                 field,
-                format!(
-                    "unknown variable ${{{name}}}: define it in spec.browser.variables or spec.browser.secrets"
-                ),
+                format!("unknown variable ${{{name}}}: define it in spec.browser.variables or spec.browser.secrets"),
             ));
         }
     }
@@ -449,22 +361,14 @@ fn check_url(field: &str, url: &str) -> Check {
     if url == "about:blank" {
         return Ok(());
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     let Some(rest) = rest else {
-        return Err(SpecError::new(
-            field,
-            format!("{url:?} is not an http:// or https:// URL"),
-        ));
+        return Err(SpecError::new(field, format!("{url:?} is not an http:// or https:// URL")));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
-        return Err(SpecError::new(
-            field,
-            format!("{url:?} is not a valid URL: it needs a host and no spaces"),
-        ));
+        return Err(SpecError::new(field, format!("{url:?} is not a valid URL: it needs a host and no spaces")));
     }
     Ok(())
 }
@@ -498,14 +402,7 @@ mod tests {
             {"wait":{"visible":{"id":"dashboard"},"timeoutMs":5000}}]}"#,
         );
         validate(&s).unwrap();
-        assert_eq!(
-            requirements(&s),
-            BrowserNeeds {
-                browser: "chrome".into(),
-                display: false,
-                desktop_input: false
-            }
-        );
+        assert_eq!(requirements(&s), BrowserNeeds { browser: "chrome".into(), display: false, desktop_input: false });
     }
 
     #[test]
@@ -516,18 +413,9 @@ mod tests {
                 r#"{"browser":"safari","steps":[{"open":{"url":"http://a"}}]}"#,
                 "spec.browser.browser: must be one of chrome, firefox",
             ),
-            (
-                r#"{"mode":"hot","steps":[{"open":{"url":"http://a"}}]}"#,
-                "spec.browser.mode: must be one of cold, warm",
-            ),
-            (
-                r#"{"steps":[{"name":"x"}]}"#,
-                "spec.browser.steps[0]: exactly one step kind is required",
-            ),
-            (
-                r#"{"steps":[{"open":{"url":"ftp://a"}}]}"#,
-                "spec.browser.steps[0].open.url: \"ftp://a\" is not an http",
-            ),
+            (r#"{"mode":"hot","steps":[{"open":{"url":"http://a"}}]}"#, "spec.browser.mode: must be one of cold, warm"),
+            (r#"{"steps":[{"name":"x"}]}"#, "spec.browser.steps[0]: exactly one step kind is required"),
+            (r#"{"steps":[{"open":{"url":"ftp://a"}}]}"#, "spec.browser.steps[0].open.url: \"ftp://a\" is not an http"),
             (
                 r#"{"steps":[{"open":{"url":"http:///x"}}]}"#,
                 "spec.browser.steps[0].open.url: \"http:///x\" is not a valid URL",
@@ -595,23 +483,13 @@ mod tests {
     fn desktop_steps_need_display_and_input() {
         let s = spec(r#"{"headless":false,"steps":[{"mouseClick":{"element":{"id":"b"}}}]}"#);
         validate(&s).unwrap();
-        assert_eq!(
-            requirements(&s),
-            BrowserNeeds {
-                browser: "chrome".into(),
-                display: true,
-                desktop_input: true
-            }
-        );
+        assert_eq!(requirements(&s), BrowserNeeds { browser: "chrome".into(), display: true, desktop_input: true });
     }
 
     #[test]
     fn substitution_replaces_known_names_only() {
         let values: HashMap<String, String> = [("a".to_string(), "1".to_string())].into();
         assert_eq!(substitute("x${a}y${b}z", &values), "x1y${b}z");
-        assert_eq!(
-            variable_references("${a}-${b_2}").unwrap(),
-            vec!["a", "b_2"]
-        );
+        assert_eq!(variable_references("${a}-${b_2}").unwrap(), vec!["a", "b_2"]);
     }
 }

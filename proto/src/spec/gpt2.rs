@@ -18,12 +18,8 @@ pub const DTYPES: [&str; 2] = ["fp32", "bf16"];
 pub const MAX_THREADS: u32 = 1024;
 
 /// The named presets and their (nLayer, nHead, nEmbd), as Hugging Face's configs give them.
-pub const PRESETS: [(&str, u32, u32, u32); 4] = [
-    ("gpt2", 12, 12, 768),
-    ("gpt2-medium", 24, 16, 1024),
-    ("gpt2-large", 36, 20, 1280),
-    ("gpt2-xl", 48, 25, 1600),
-];
+pub const PRESETS: [(&str, u32, u32, u32); 4] =
+    [("gpt2", 12, 12, 768), ("gpt2-medium", 24, 16, 1024), ("gpt2-large", 36, 20, 1280), ("gpt2-xl", 48, 25, 1600)];
 
 pub fn preset(name: &str) -> Option<Gpt2Size> {
     PRESETS.iter().find(|p| p.0 == name).map(|&(_, n_layer, n_head, n_embd)| Gpt2Size {
@@ -191,9 +187,9 @@ pub fn validate_infer(spec: &Gpt2InferSpec) -> Check {
 }
 
 fn validate_model(k: &str, model: Option<&Gpt2Model>) -> Result<Option<Gpt2Size>, SpecError> {
-    let source = model.and_then(|m| m.source.as_ref()).ok_or_else(|| {
-        SpecError::new(format!("{k}.model"), "one of preset, custom or checkpoint is required")
-    })?;
+    let source = model
+        .and_then(|m| m.source.as_ref())
+        .ok_or_else(|| SpecError::new(format!("{k}.model"), "one of preset, custom or checkpoint is required"))?;
     match source {
         gpt2_model::Source::Preset(name) => match preset(name) {
             Some(size) => Ok(Some(size)),
@@ -230,7 +226,10 @@ fn validate_model(k: &str, model: Option<&Gpt2Model>) -> Result<Option<Gpt2Size>
 
 fn validate_runtime(k: &str, dtype: &str, device: &str, threads: u32) -> Check {
     if !dtype.is_empty() && !DTYPES.contains(&dtype) {
-        return Err(SpecError::new(format!("{k}.dtype"), format!("must be one of {}; got {dtype:?}", DTYPES.join(", "))));
+        return Err(SpecError::new(
+            format!("{k}.dtype"),
+            format!("must be one of {}; got {dtype:?}", DTYPES.join(", ")),
+        ));
     }
     let device_ok = match device {
         "" | "auto" | "cpu" | "cuda" => true,
@@ -305,20 +304,41 @@ mod tests {
     #[test]
     fn train_rules_name_the_field() {
         let cases: Vec<(Gpt2TrainSpec, &str)> = vec![
-            (Gpt2TrainSpec { seq_len: 1025, ..train() }, "spec.gpt2Train.seqLen: must be at most nCtx (1024) of model gpt2"),
+            (
+                Gpt2TrainSpec { seq_len: 1025, ..train() },
+                "spec.gpt2Train.seqLen: must be at most nCtx (1024) of model gpt2",
+            ),
             (
                 Gpt2TrainSpec { model: custom(2, 2, 64), seq_len: 65, ..train() },
                 "spec.gpt2Train.seqLen: must be at most nCtx (64) of model custom",
             ),
-            (Gpt2TrainSpec { model: None, ..train() }, "spec.gpt2Train.model: one of preset, custom or checkpoint is required"),
-            (Gpt2TrainSpec { model: model("gpt3"), ..train() }, "spec.gpt2Train.model.preset: unknown preset \"gpt3\": one of gpt2, gpt2-medium, gpt2-large, gpt2-xl"),
-            (Gpt2TrainSpec { model: custom(2, 3, 64), ..train() }, "spec.gpt2Train.model.custom.nHead: must divide nEmbd (64); got 3"),
-            (Gpt2TrainSpec { model: custom(0, 2, 64), ..train() }, "spec.gpt2Train.model.custom.nLayer: must be at least 1"),
+            (
+                Gpt2TrainSpec { model: None, ..train() },
+                "spec.gpt2Train.model: one of preset, custom or checkpoint is required",
+            ),
+            (
+                Gpt2TrainSpec { model: model("gpt3"), ..train() },
+                "spec.gpt2Train.model.preset: unknown preset \"gpt3\": one of gpt2, gpt2-medium, gpt2-large, gpt2-xl",
+            ),
+            (
+                Gpt2TrainSpec { model: custom(2, 3, 64), ..train() },
+                "spec.gpt2Train.model.custom.nHead: must divide nEmbd (64); got 3",
+            ),
+            (
+                Gpt2TrainSpec { model: custom(0, 2, 64), ..train() },
+                "spec.gpt2Train.model.custom.nLayer: must be at least 1",
+            ),
             (Gpt2TrainSpec { batch: 0, ..train() }, "spec.gpt2Train.batch: must be at least 1"),
             (Gpt2TrainSpec { steps: 0, ..train() }, "spec.gpt2Train.steps: must be at least 1"),
             (Gpt2TrainSpec { seq_len: 0, ..train() }, "spec.gpt2Train.seqLen: must be at least 1"),
-            (Gpt2TrainSpec { dtype: "fp16".into(), ..train() }, "spec.gpt2Train.dtype: must be one of fp32, bf16; got \"fp16\""),
-            (Gpt2TrainSpec { device: "gpu".into(), ..train() }, "spec.gpt2Train.device: must be auto, cpu, cuda or cuda:N; got \"gpu\""),
+            (
+                Gpt2TrainSpec { dtype: "fp16".into(), ..train() },
+                "spec.gpt2Train.dtype: must be one of fp32, bf16; got \"fp16\"",
+            ),
+            (
+                Gpt2TrainSpec { device: "gpu".into(), ..train() },
+                "spec.gpt2Train.device: must be auto, cpu, cuda or cuda:N; got \"gpu\"",
+            ),
             (Gpt2TrainSpec { dropout: Some(1.0), ..train() }, "spec.gpt2Train.dropout: must be in [0, 1)"),
             (Gpt2TrainSpec { grad_clip: Some(-1.0), ..train() }, "spec.gpt2Train.gradClip: must be 0 or positive"),
             (
@@ -330,7 +350,10 @@ mod tests {
                 "spec.gpt2Train.adamw.lr: must be positive",
             ),
             (
-                Gpt2TrainSpec { data: Some(gpt2_train_spec::Data::TokenIds(TokenIds { ids: vec![1, 50257] })), ..train() },
+                Gpt2TrainSpec {
+                    data: Some(gpt2_train_spec::Data::TokenIds(TokenIds { ids: vec![1, 50257] })),
+                    ..train()
+                },
                 "spec.gpt2Train.tokenIds.ids: token id 50257 is outside the vocabulary (vocabSize 50257)",
             ),
             (
@@ -347,7 +370,10 @@ mod tests {
     #[test]
     fn infer_rules_name_the_field() {
         let cases: Vec<(Gpt2InferSpec, &str)> = vec![
-            (Gpt2InferSpec { prompts: vec![], ..infer() }, "spec.gpt2Infer.prompts: one of prompts or promptIds is required"),
+            (
+                Gpt2InferSpec { prompts: vec![], ..infer() },
+                "spec.gpt2Infer.prompts: one of prompts or promptIds is required",
+            ),
             (
                 Gpt2InferSpec { prompt_ids: vec![TokenIds { ids: vec![1] }], ..infer() },
                 "spec.gpt2Infer.promptIds: give prompts or promptIds, not both",
@@ -371,7 +397,10 @@ mod tests {
                 Gpt2InferSpec { sampling: Some(Gpt2Sampling { top_p: 1.5, ..Default::default() }), ..infer() },
                 "spec.gpt2Infer.sampling.topP: must be in [0, 1]",
             ),
-            (Gpt2InferSpec { device: "cuda:x".into(), ..infer() }, "spec.gpt2Infer.device: must be auto, cpu, cuda or cuda:N; got \"cuda:x\""),
+            (
+                Gpt2InferSpec { device: "cuda:x".into(), ..infer() },
+                "spec.gpt2Infer.device: must be auto, cpu, cuda or cuda:N; got \"cuda:x\"",
+            ),
         ];
         for (spec, want) in cases {
             let got = validate_infer(&spec).unwrap_err().to_string();

@@ -47,8 +47,7 @@ pub fn parse_request(text: &str) -> Result<SubmitJobRequest, String> {
     if trimmed.starts_with('{') {
         serde_json::from_str(trimmed).map_err(|e| format!("invalid spec JSON: {e}"))
     } else {
-        let value: serde_json::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid spec YAML: {e}"))?;
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| format!("invalid spec YAML: {e}"))?;
         serde_json::from_value(value).map_err(|e| format!("invalid spec: {e}"))
     }
 }
@@ -77,10 +76,9 @@ pub fn validate(spec: &JobSpec) -> Check {
         validate_labels("spec.requirements.agentLabels", &r.agent_labels)?;
     }
     match &spec.kind {
-        None => Err(SpecError::new(
-            "spec",
-            format!("exactly one job kind is required: one of {}", KIND_NAMES.join(", ")),
-        )),
+        None => {
+            Err(SpecError::new("spec", format!("exactly one job kind is required: one of {}", KIND_NAMES.join(", "))))
+        }
         Some(job_spec::Kind::Noop(_)) => Ok(()),
         Some(job_spec::Kind::Sleep(s)) => {
             if s.duration_ms > MAX_SLEEP_MS {
@@ -97,9 +95,8 @@ pub fn validate(spec: &JobSpec) -> Check {
 
 fn validate_labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Check {
     for (k, v) in labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= 63
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+        let key_ok =
+            !k.is_empty() && k.len() <= 63 && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
         if !key_ok {
             return Err(SpecError::new(
                 format!("{field}[{k:?}]"),

@@ -23,9 +23,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "baton reference site on http://{listen}/ (login: /login, heavy page: /heavy, form: /form)"
-    );
+    println!("baton reference site on http://{listen}/ (login: /login, heavy page: /heavy, form: /form)");
     match baton_browser::serve_reference_site(listener).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -17,10 +17,13 @@ fn small(model: Option<Gpt2Model>) -> Gpt2TrainSpec {
 /// A checkpoint folder with a 1-layer config and the given tensors.
 fn folder(tensors: &[(&str, Vec<i64>)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let config = r#"{"n_layer":1,"n_head":2,"n_embd":8,"n_positions":16,"vocab_size":10,"activation_function":"gelu_new"}"#;
+    let config =
+        r#"{"n_layer":1,"n_head":2,"n_embd":8,"n_positions":16,"vocab_size":10,"activation_function":"gelu_new"}"#;
     std::fs::write(dir.path().join("config.json"), config).unwrap();
-    let tensors: Vec<(String, Tensor)> =
-        tensors.iter().map(|(n, s)| (n.to_string(), Tensor::zeros(s.as_slice(), (Kind::Float, tch::Device::Cpu)))).collect();
+    let tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, s)| (n.to_string(), Tensor::zeros(s.as_slice(), (Kind::Float, tch::Device::Cpu))))
+        .collect();
     Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
     dir
 }
@@ -56,7 +59,10 @@ fn a_hand_made_checkpoint_loads() {
 #[test]
 fn seq_len_over_n_ctx() {
     let _serial = crate::one_job_at_a_time();
-    let spec = Gpt2TrainSpec { seq_len: 2048, ..small(Some(Gpt2Model { source: Some(gpt2_model::Source::Preset("gpt2".into())) })) };
+    let spec = Gpt2TrainSpec {
+        seq_len: 2048,
+        ..small(Some(Gpt2Model { source: Some(gpt2_model::Source::Preset("gpt2".into())) }))
+    };
     assert_eq!(train_err(spec, &cpu_agent()), "spec.gpt2Train.seqLen: must be at most nCtx (1024) of model gpt2");
     // A checkpoint's nCtx is only known on the agent.
     let dir = folder(&good_tensors());
@@ -120,10 +126,7 @@ fn model_too_big_for_the_agent() {
     let caps = Gpt2Capabilities { memory_bytes: 3 << 30, ..cpu_agent() };
     let spec = small(Some(Gpt2Model { source: Some(gpt2_model::Source::Preset("gpt2-xl".into())) }));
     let err = train_err(spec, &caps);
-    assert!(
-        err.starts_with("model needs ~2") && err.ends_with(" GiB on cpu, agent has 3.0 GiB available"),
-        "{err}"
-    );
+    assert!(err.starts_with("model needs ~2") && err.ends_with(" GiB on cpu, agent has 3.0 GiB available"), "{err}");
 }
 
 #[test]

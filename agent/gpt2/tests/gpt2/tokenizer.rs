@@ -11,7 +11,8 @@ fn known_gpt2_ids() {
 #[test]
 fn round_trips() {
     let t = Gpt2Tokenizer::new();
-    for text in ["Hello world", "  spaces,\ttabs\nand newlines", "naïve café — 東京 🚀", "<|endoftext|>next doc"] {
+    for text in ["Hello world", "  spaces,\ttabs\nand newlines", "naïve café — 東京 🚀", "<|endoftext|>next doc"]
+    {
         assert_eq!(t.decode(&t.encode(text)).as_deref(), Some(text));
     }
     assert_eq!(t.decode(&[50257]), None, "ids past GPT-2's vocabulary have no text");

@@ -47,7 +47,10 @@ fn training_on_one_batch_drives_the_loss_down() {
     assert!(report.peak_memory_bytes > 0);
 
     let config = report.config.unwrap();
-    assert_eq!((config.device.as_str(), config.dtype.as_str(), config.seed, config.torch_threads), ("cpu", "fp32", 1, 2));
+    assert_eq!(
+        (config.device.as_str(), config.dtype.as_str(), config.seed, config.torch_threads),
+        ("cpu", "fp32", 1, 2)
+    );
     assert!(config.torch_version.starts_with("2."), "{}", config.torch_version);
     let resolved = report.spec.unwrap();
     assert_eq!(resolved.grad_clip, Some(1.0), "defaults are written into the report's spec");
