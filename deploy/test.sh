@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
 echo "==> cargo build --bins"
 cargo build --workspace --bins
 echo "==> cargo test"
