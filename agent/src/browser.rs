@@ -25,7 +25,10 @@ impl Executor for BrowserExecutor {
             Ok(report) => Ok(as_result(report)),
             Err(BrowserError::Cancelled) => Err(ExecError::Cancelled),
             // A failed step keeps its report: the screenshot and console errors go with the job.
-            Err(e) => Err(ExecError::Failed { reason: e.to_string(), result: e.report().cloned().map(as_result) }),
+            Err(e) => Err(ExecError::Failed {
+                reason: e.to_string(),
+                result: e.report().cloned().map(|r| Box::new(as_result(r))),
+            }),
         }
     }
 }

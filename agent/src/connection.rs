@@ -95,11 +95,10 @@ async fn session(
                 let Some(message) = message? else { return Ok(()) };
                 match message.kind {
                     Some(coordinator_message::Kind::Welcome(w)) => {
-                        if let Some(every) = w.heartbeat_interval.as_ref().map(baton_proto::job::to_duration) {
-                            if !every.is_zero() {
+                        if let Some(every) = w.heartbeat_interval.as_ref().map(baton_proto::job::to_duration)
+                            && !every.is_zero() {
                                 heartbeat = tokio::time::interval(every);
                             }
-                        }
                     }
                     Some(coordinator_message::Kind::Assignment(a)) => {
                         tracing::debug!(job_id = %a.job_id, attempt = a.attempt, "assigned");

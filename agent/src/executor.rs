@@ -9,7 +9,7 @@ pub enum ExecError {
     /// The job failed; `reason` is the job's failure reason, `result` what it measured
     /// before failing (a browser step's screenshot, ...), kept with the job.
     #[error("{reason}")]
-    Failed { reason: String, result: Option<JobResult> },
+    Failed { reason: String, result: Option<Box<JobResult>> },
     /// The job stopped because its context was cancelled.
     #[error("cancelled")]
     Cancelled,

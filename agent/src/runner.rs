@@ -160,7 +160,7 @@ impl Runner {
                 (None, Some(Outcome::TimedOut(format!("timed out after {}", humantime::format_duration(timeout)))))
             }
             Some(Ok(Ok(result))) => (Some(result), None),
-            Some(Ok(Err(ExecError::Failed { reason, result }))) => (result, Some(Outcome::Failure(reason))),
+            Some(Ok(Err(ExecError::Failed { reason, result }))) => (result.map(|r| *r), Some(Outcome::Failure(reason))),
             Some(Ok(Err(ExecError::Cancelled))) => {
                 let reason = cancel_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 (None, Some(Outcome::Cancelled(reason.unwrap_or_else(|| "cancelled".into()))))

@@ -42,8 +42,8 @@ struct AgentLink {
 }
 
 enum Effect {
-    Send(AgentTx, coordinator_message::Kind),
-    Dispatch { tx: AgentTx, job: Job, decided_at: SystemTime },
+    Send(AgentTx, Box<coordinator_message::Kind>),
+    Dispatch { tx: AgentTx, job: Box<Job>, decided_at: SystemTime },
 }
 
 #[derive(Default)]
@@ -334,10 +334,10 @@ impl Coordinator {
     pub fn progress(&self, agent_id: &str, job_id: &str, attempt: u32, progress: Progress) {
         let mut inner = self.lock();
         inner.state.touch(agent_id, Instant::now());
-        if inner.state.progress(agent_id, job_id, attempt, progress) {
-            if let (Some(w), Some(job)) = (inner.watchers.get(job_id), inner.state.job(job_id)) {
-                w.send_replace(view(&inner.state, job));
-            }
+        if inner.state.progress(agent_id, job_id, attempt, progress)
+            && let (Some(w), Some(job)) = (inner.watchers.get(job_id), inner.state.job(job_id))
+        {
+            w.send_replace(view(&inner.state, job));
         }
     }
 
@@ -368,10 +368,10 @@ impl Coordinator {
 /// The job as clients see it: a queued job no connected agent can run says why.
 fn view(state: &State, job: &Job) -> Job {
     let mut job = job.clone();
-    if job.state() == JobState::Queued {
-        if let Some(reason) = state.unschedulable_reason(&job) {
-            job.reason = reason;
-        }
+    if job.state() == JobState::Queued
+        && let Some(reason) = state.unschedulable_reason(&job)
+    {
+        job.reason = reason;
     }
     job
 }
@@ -392,7 +392,7 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
                 if let (Some(link), Some(job)) = (inner.links.get(&agent_id), inner.state.job(&job_id)) {
                     inner.pending.effects.push(Effect::Dispatch {
                         tx: link.tx.clone(),
-                        job: job.clone(),
+                        job: Box::new(job.clone()),
                         decided_at: SystemTime::now(),
                     });
                 }
@@ -400,13 +400,13 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
             Action::Cancel { agent_id, job_id, attempt, reason } => {
                 if let Some(link) = inner.links.get(&agent_id) {
                     let kind = coordinator_message::Kind::Cancel(CancelAssignment { job_id, attempt, reason });
-                    inner.pending.effects.push(Effect::Send(link.tx.clone(), kind));
+                    inner.pending.effects.push(Effect::Send(link.tx.clone(), Box::new(kind)));
                 }
             }
             Action::Ack { agent_id, job_id, attempt } => {
                 if let Some(link) = inner.links.get(&agent_id) {
                     let kind = coordinator_message::Kind::Ack(FinishedAck { job_id, attempt });
-                    inner.pending.effects.push(Effect::Send(link.tx.clone(), kind));
+                    inner.pending.effects.push(Effect::Send(link.tx.clone(), Box::new(kind)));
                 }
             }
         }
@@ -417,11 +417,12 @@ fn run_effect(effect: Effect) {
     match effect {
         Effect::Send(tx, kind) => {
             // A closed link means the agent is gone; its lease settles the rest.
-            let _ = tx.send(message(kind));
+            let _ = tx.send(message(*kind));
         }
         Effect::Dispatch { tx, job, decided_at } => {
             let trace_context = trace_dispatch(&job, decided_at);
-            let assignment = Assignment { job_id: job.id, attempt: job.attempt, spec: job.spec, trace_context };
+            let Job { id, attempt, spec, .. } = *job;
+            let assignment = Assignment { job_id: id, attempt, spec, trace_context };
             let _ = tx.send(message(coordinator_message::Kind::Assignment(assignment)));
         }
     }
