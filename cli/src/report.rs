@@ -1,8 +1,9 @@
 //! `baton report`: what each finished job measured, as tables and small plots in the terminal.
 
+use crate::show::table;
 use baton_proto::job::display_name;
 use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, PhaseStats, job_result};
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use comfy_table::Table;
 
 pub fn print(jobs: &[Job]) {
     for job in jobs {
@@ -20,13 +21,6 @@ pub fn print(jobs: &[Job]) {
             None => println!("no result"),
         }
     }
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(header);
-    t
 }
 
 fn ms(v: f64) -> String {

@@ -37,8 +37,7 @@ impl Output {
         if self.data(job)? {
             return Ok(());
         }
-        let mut t = table();
-        t.set_header(["field", "value"]);
+        let mut t = table(&["field", "value"]);
         let kind = job.spec.as_ref().and_then(|s| s.kind.as_ref()).map(kind_name).unwrap_or("");
         let rows = [
             ("id", job.id.clone()),
@@ -74,8 +73,7 @@ impl Output {
         if self.data(&jobs)? {
             return Ok(());
         }
-        let mut t = table();
-        t.set_header(["id", "name", "kind", "state", "attempt", "agent", "ran for", "reason"]);
+        let mut t = table(&["id", "name", "kind", "state", "attempt", "agent", "ran for", "reason"]);
         for job in jobs {
             let kind = job.spec.as_ref().and_then(|s| s.kind.as_ref()).map(kind_name).unwrap_or("");
             t.add_row([
@@ -97,8 +95,7 @@ impl Output {
         if self.data(&agents)? {
             return Ok(());
         }
-        let mut t = table();
-        t.set_header(["id", "state", "slots", "running", "cores", "job kinds", "devices", "labels"]);
+        let mut t = table(&["id", "state", "slots", "running", "cores", "job kinds", "devices", "labels"]);
         for a in agents {
             let caps = a.capabilities.clone().unwrap_or_default();
             let state = match (a.connected, a.draining) {
@@ -155,9 +152,11 @@ pub fn update_bar(bar: &ProgressBar, job: &Job) {
     bar.set_message(msg);
 }
 
-fn table() -> Table {
+/// A table in the CLI's one style, with this header.
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header);
     t
 }
 
