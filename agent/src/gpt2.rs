@@ -22,7 +22,7 @@ impl Executor for Gpt2Executor {
         let caps = self.capabilities.clone();
         let span = tracing::Span::current();
         let ran = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| match spec.kind {
+            let result = span.in_scope(|| match spec.kind {
                 Some(job_spec::Kind::Gpt2Train(s)) => {
                     baton_gpt2::train(&s, &ctx, &caps).map(job_result::Kind::Gpt2Train)
                 }
@@ -30,7 +30,9 @@ impl Executor for Gpt2Executor {
                     baton_gpt2::infer(&s, &ctx, &caps).map(job_result::Kind::Gpt2Infer)
                 }
                 _ => Err(Gpt2Error::Torch("the GPT-2 executor got a job of another kind".into())),
-            })
+            });
+            baton_gpt2::device::release_memory();
+            result
         })
         .await;
         match ran {

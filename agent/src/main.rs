@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: before the runtime starts the process has one thread, so changing the
     // environment races with nothing.
     unsafe {
-        baton_gpt2::device::use_huge_pages()
+        baton_gpt2::device::configure_memory()
     };
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
 }

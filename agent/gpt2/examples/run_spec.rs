@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // SAFETY: first thing in main, the process has one thread.
-    unsafe { baton_gpt2::device::use_huge_pages() };
+    unsafe { baton_gpt2::device::configure_memory() };
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: run_spec SPEC.json");
         return ExitCode::from(2);

@@ -1,7 +1,7 @@
 //! baton's GPT-2 engine: `gpt2Train` and `gpt2Infer` jobs on libtorch (through `tch`).
 //!
 //! Layout: [`model`] is GPT-2 exactly as Hugging Face's `GPT2LMHeadModel` computes it,
-//! with random init and checkpoint loading ([`checkpoint`]); [`tokenizer`] is GPT-2's BPE;
+//! with random init and checkpoint loading ([`checkpoint`]) and fast CPU dropout (`dropout`); [`tokenizer`] is GPT-2's BPE;
 //! [`adamw`] is gradient clipping and a fused AdamW; [`device`] probes what the machine
 //! offers (CUDA devices, memory, the CPU) and picks the device a job runs on; [`train`]
 //! and [`infer`] run timed jobs and build their reports; [`stats`] turns timings into
@@ -13,6 +13,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod device;
+mod dropout;
 pub mod infer;
 pub mod model;
 mod setup;

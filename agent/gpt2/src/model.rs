@@ -376,7 +376,11 @@ impl Gpt2 {
                 }
             }
             let p = if train { c.attn_pdrop } else { 0.0 };
-            let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, false);
+            let y = if p > 0.0 && causal && q.device() == Device::Cpu && q.kind() == Kind::Float {
+                causal_attention_with_dropout(&q, &k, &v, p)
+            } else {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, false)
+            };
             let y = y.transpose(1, 2).reshape([batch, seq, c.n_embd]);
             let y = dropout(b.attn_proj.apply(&y, self.compute), c.resid_pdrop, train);
             // Not `+=`: that adds in place, and autograd saved `x` for backward.
@@ -427,5 +431,15 @@ fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Tensor {
 }
 
 fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
-    if train && p > 0.0 { x.dropout(p, true) } else { x }
+    if train && p > 0.0 { crate::dropout::dropout(&x, p) } else { x }
+}
+
+/// Causal attention with dropout on the attention weights, spelled out as libtorch's SDPA
+/// computes it when dropout is on (its math fallback on the CPU): softmax(q·kᵀ/√d + causal
+/// mask), dropout, · v — with this crate's dropout masks instead of libtorch's serial ones.
+fn causal_attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, p: f64) -> Tensor {
+    let (seq, head_dim) = (q.size()[2], q.size()[3]);
+    let future = Tensor::ones([seq, seq], (Kind::Bool, q.device())).triu(1);
+    let scores = (q.matmul(&k.transpose(-2, -1)) / (head_dim as f64).sqrt()).masked_fill(&future, f64::NEG_INFINITY);
+    crate::dropout::dropout(&scores.softmax(-1, Kind::Float), p).matmul(v)
 }
