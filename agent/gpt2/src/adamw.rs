@@ -71,16 +71,6 @@ impl AdamW {
         if params.len() != grads.len() {
             return Err(Gpt2Error::Torch(format!("{} gradients for {} parameters", grads.len(), params.len())));
         }
-        // The tied embedding's gradient is dense once the lm_head's has been added to it;
-        // a sparse one (a lookup-only parameter) is made dense for the update.
-        let dense: Vec<Tensor>;
-        let grads = if grads.iter().any(|g| g.is_sparse()) {
-            dense =
-                grads.iter().map(|g| if g.is_sparse() { g.to_dense(None, false) } else { g.shallow_clone() }).collect();
-            &dense[..]
-        } else {
-            grads
-        };
         let fusable = allow_fused
             && params.iter().zip(grads).all(|(p, g)| {
                 p.device() == Device::Cpu && p.kind() == Kind::Float && g.kind() == Kind::Float && p.is_contiguous()

@@ -118,6 +118,15 @@ pub struct KvCache {
     len: i64,
 }
 
+/// A training forward pass: the loss and what [`Gpt2::gradients`] needs for backward.
+pub struct TrainLoss {
+    pub loss: Tensor,
+    /// Token ids, flattened.
+    ids: Tensor,
+    /// The looked-up token embeddings, a leaf of their own (see [`Gpt2::train_loss`]).
+    tokens: Tensor,
+}
+
 /// Prompts of different lengths, padded on the left to one length: which positions hold
 /// real tokens, and each token's position id (counted from its own first real token).
 pub struct LeftPadding {
@@ -279,13 +288,45 @@ impl Gpt2 {
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`; `train` turns dropout on.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
-        let hidden = self.hidden_padded(ids, None, train, None);
+        let hidden = self.hidden_padded(self.embed(ids), None, train, None);
         self.lm_head(&hidden)
     }
 
     /// Mean cross-entropy of predicting `targets` `[batch, seq]` from `ids` `[batch, seq]`.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let logits = self.forward(ids, train);
+        self.cross_entropy(&self.forward(ids, train), targets)
+    }
+
+    /// The training loss (dropout on) of predicting `targets` from `ids`; its gradients
+    /// come from [`Gpt2::gradients`].
+    ///
+    /// The token lookup reads `wte` outside autograd, from a leaf of its own: left to
+    /// autograd, the lookup's gradient (a few rows) and the lm_head's (all of
+    /// vocab × width) meet in a sum that can copy the whole 154 MB gradient of GPT-2 124M.
+    /// [`Gpt2::gradients`] adds the looked-up rows into the lm_head's gradient in place.
+    pub fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> TrainLoss {
+        let tokens = Tensor::embedding(&self.wte.detach(), ids, -1, false, false).set_requires_grad(true);
+        let hidden = self.hidden_padded(tokens.shallow_clone(), None, true, None);
+        let loss = self.cross_entropy(&self.lm_head(&hidden), targets);
+        TrainLoss { loss, ids: ids.reshape([-1]), tokens }
+    }
+
+    /// Gradients of a [`TrainLoss`] for every parameter, in [`Gpt2::parameters`] order.
+    pub fn gradients(&self, loss: &TrainLoss) -> Result<Vec<Tensor>, tch::TchError> {
+        let mut inputs = self.parameters();
+        inputs.push(&loss.tokens);
+        let mut grads = Tensor::f_run_backward(&[&loss.loss], &inputs, false, false)?;
+        let tokens = grads.pop().unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu)));
+        // parameters() starts with wte; its gradient so far is the lm_head's.
+        let _ = grads[0].f_index_add_(0, &loss.ids, &tokens.reshape([-1, self.config.n_embd]))?;
+        Ok(grads)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.wte, ids, -1, false, false)
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
         logits.view([-1, self.config.vocab_size]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
             &targets.reshape([-1]),
             None,
@@ -313,7 +354,7 @@ impl Gpt2 {
         cache: Option<&mut KvCache>,
         padding: Option<&LeftPadding>,
     ) -> Tensor {
-        let hidden = self.hidden_padded(ids, cache, false, padding);
+        let hidden = self.hidden_padded(self.embed(ids), cache, false, padding);
         self.lm_head(&hidden.select(1, -1))
     }
 
@@ -323,15 +364,16 @@ impl Gpt2 {
         hidden.to_kind(self.compute).linear::<Tensor>(&wte, None)
     }
 
+    /// The final hidden states for token embeddings `tokens` `[batch, seq, width]`.
     fn hidden_padded(
         &self,
-        ids: &Tensor,
+        tokens: Tensor,
         mut cache: Option<&mut KvCache>,
         train: bool,
         padding: Option<&LeftPadding>,
     ) -> Tensor {
         let c = &self.config;
-        let (batch, seq) = (ids.size()[0], ids.size()[1]);
+        let (batch, seq, device) = (tokens.size()[0], tokens.size()[1], tokens.device());
         let past = cache.as_ref().map_or(0, |k| k.len);
         let positions = match padding {
             Some(p) => Tensor::embedding(&self.wpe, &p.positions.narrow(1, past, seq), -1, false, false),
@@ -340,15 +382,12 @@ impl Gpt2 {
         // With padding: token i sees the real tokens up to itself, and always itself (so a
         // padding row never has nothing to attend to).
         let padding_mask = padding.map(|p| {
-            let rows = Tensor::arange(seq, (Kind::Int64, ids.device())).unsqueeze(1) + past;
-            let cols = Tensor::arange(past + seq, (Kind::Int64, ids.device())).unsqueeze(0);
+            let rows = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1) + past;
+            let cols = Tensor::arange(past + seq, (Kind::Int64, device)).unsqueeze(0);
             let keys = p.valid.narrow(1, 0, past + seq).view([batch, 1, 1, past + seq]);
             cols.le_tensor(&rows).logical_and(&keys).logical_or(&cols.eq_tensor(&rows))
         });
-        // A sparse gradient for the lookup: the tied lm_head's dense gradient arrives first
-        // in backward and takes the few looked-up rows in place, instead of a zeroed
-        // vocab × width gradient being built and summed with it.
-        let mut x = Tensor::embedding(&self.wte, ids, -1, false, train) + positions;
+        let mut x = tokens + positions;
         x = dropout(x, c.embd_pdrop, train);
         let (heads, head_dim) = (c.n_head, c.n_embd / c.n_head);
         for (layer, b) in self.blocks.iter().enumerate() {
@@ -369,8 +408,8 @@ impl Gpt2 {
                     causal = false;
                     if seq > 1 {
                         // New token i sees every cached token and new tokens up to itself.
-                        let rows = Tensor::arange(seq, (Kind::Int64, ids.device())).unsqueeze(1) + past;
-                        let cols = Tensor::arange(past + seq, (Kind::Int64, ids.device())).unsqueeze(0);
+                        let rows = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1) + past;
+                        let cols = Tensor::arange(past + seq, (Kind::Int64, device)).unsqueeze(0);
                         mask = Some(cols.le_tensor(&rows));
                     }
                 }

@@ -104,7 +104,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         let phase = Instant::now();
         let loss = {
             let _s = tracing::info_span!("forward").entered();
-            let loss = model.loss(&input, &target, true);
+            let loss = model.train_loss(&input, &target);
             device.synchronize();
             loss
         };
@@ -113,7 +113,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         let phase = Instant::now();
         let grads = {
             let _s = tracing::info_span!("backward").entered();
-            let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
+            let grads = model.gradients(&loss)?;
             device.synchronize();
             grads
         };
@@ -129,7 +129,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         let optimizer_ms = ms(phase);
         let step_ms = ms(start);
 
-        let loss = loss.f_double_value(&[])?;
+        let loss = loss.loss.f_double_value(&[])?;
         step_span.record("loss", loss);
         losses.push(loss);
         if !warmup {

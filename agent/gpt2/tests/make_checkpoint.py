@@ -6,7 +6,8 @@ usage: make_checkpoint.py OUT_DIR
 
 Writes OUT_DIR/config.json and OUT_DIR/model.safetensors (save_pretrained), and
 OUT_DIR/reference.json: input ids, logits (fp32, eval mode), the loss with labels = ids,
-and a greedy continuation from generate().
+and a greedy continuation from generate(); and OUT_DIR/gradients.safetensors: every
+parameter's gradient of that loss (eval mode: no dropout), under its parameter's name.
 """
 import json
 import sys
@@ -46,6 +47,14 @@ def main(out: str) -> None:
             do_sample=False,
             pad_token_id=0,
         )
+    # The tied wte gets its gradient from both the lookup and the lm_head.
+    model.zero_grad(set_to_none=True)
+    model(ids, labels=ids).loss.backward()
+    gradients = {name: p.grad.contiguous() for name, p in model.named_parameters()}
+    from safetensors.torch import save_file
+
+    save_file(gradients, f"{out}/gradients.safetensors")
+
     reference = {
         "input_ids": ids.tolist(),
         "logits_shape": list(result.logits.shape),

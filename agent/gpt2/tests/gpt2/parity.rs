@@ -50,3 +50,31 @@ fn matches_transformers_logits_loss_and_greedy_continuation() {
         assert_eq!(report.generations[0].token_ids, greedy, "greedy continuation with kvCache {kv_cache}");
     }
 }
+
+/// Backward is right: with dropout off, every parameter's gradient of the loss is
+/// transformers' (the tied wte's included: lookup rows plus lm_head).
+#[test]
+fn gradients_match_transformers() {
+    let _serial = crate::one_job_at_a_time();
+    let (dir, reference) = checkpoint();
+    let mut config = baton_gpt2::checkpoint::read_config(dir.path()).unwrap();
+    config.set_dropout(0.0);
+    let mut model = baton_gpt2::checkpoint::load(dir.path(), config, Device::Cpu).unwrap();
+    model.set_trainable();
+    let want: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("gradients.safetensors")).unwrap().into_iter().collect();
+
+    let rows: Vec<Vec<i64>> = reference["input_ids"].as_array().unwrap().iter().map(ids).collect();
+    let input = Tensor::from_slice(&rows.concat()).view([rows.len() as i64, rows[0].len() as i64]);
+    let t = input.size()[1];
+    let loss = model.train_loss(&input.narrow(1, 0, t - 1), &input.narrow(1, 1, t - 1));
+    let grads = model.gradients(&loss).unwrap();
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(grads.len(), names.len());
+    for (name, grad) in names.iter().zip(&grads) {
+        let reference = &want[&format!("transformer.{name}")];
+        let diff = (grad - reference).abs().max().double_value(&[]);
+        let scale = reference.abs().max().double_value(&[]);
+        assert!(diff <= 1e-5 * scale.max(1.0), "{name}: max abs gradient difference {diff} (largest {scale})");
+    }
+}
