@@ -17,6 +17,7 @@ usage:
 """
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -193,6 +194,8 @@ def main():
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "attnImplementation": "sdpa",
+        # Memory settings the runner may start it with (bench-gpt2 tries eager with baton's).
+        "memoryEnv": {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES") if k in os.environ},
     }
     text = json.dumps(result, indent=2)
     print(text)

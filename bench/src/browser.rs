@@ -93,7 +93,7 @@ async fn main() {
     eprintln!("selenium: {WARMUP} warm-up + {repeat} runs of bench/browser/reference.py");
     let args =
         vec!["--repeat".to_string(), (WARMUP + repeat).to_string(), "--url".into(), format!("{}/login", site.base)];
-    let reference = run_python_json("bench/browser/reference.py", &args);
+    let reference = run_python_json("bench/browser/reference.py", &args, &[]);
     let runs = reference["runs"].as_array().expect("the reference's runs");
     assert_eq!(runs.len(), WARMUP + repeat, "the reference ran every repeat");
     let selenium: Vec<Vec<f64>> = FIGURES

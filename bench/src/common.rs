@@ -91,15 +91,16 @@ pub fn python() -> PathBuf {
 }
 
 /// Runs `script` (a path under the workspace) with `args` plus `--json-out FILE` in the
-/// venv's Python, stdout discarded, and returns the JSON it wrote. Panics with the
-/// script's stderr when it fails.
-pub fn run_python_json(script: &str, args: &[String]) -> serde_json::Value {
+/// venv's Python, with `env` added to its environment, stdout discarded, and returns the
+/// JSON it wrote. Panics with the script's stderr when it fails.
+pub fn run_python_json(script: &str, args: &[String], env: &[(&str, &str)]) -> serde_json::Value {
     let dir = baton_tests::TempDir::new("bench-py");
     let out = dir.0.join("out.json");
     let path = baton_tests::workspace().join(script);
     let run = Command::new(python())
         .arg(&path)
         .args(args)
+        .envs(env.iter().copied())
         .arg("--json-out")
         .arg(&out)
         .stdin(Stdio::null())
