@@ -50,7 +50,10 @@ fn common_args(mode: &str, config: &Gpt2RunConfig) -> Vec<String> {
 /// glibc keeps freed memory for reuse), as environment variables, so eager can have them.
 const MEMORY_ENV: &[(&str, &str)] = &[
     ("THP_MEM_ALLOC_ENABLE", "1"),
-    ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.arena_max=1"),
+    (
+        "GLIBC_TUNABLES",
+        "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.arena_max=1",
+    ),
 ];
 
 /// One eager run's configuration, as the table names it.
@@ -72,13 +75,16 @@ struct Eager {
 
 impl Eager {
     /// Runs the reference once per variant (`variants[0]` is the default) and keeps the
-    /// default and the best by `score` (higher is better).
+    /// default and the best by the figure at `key` (the lowest, or the highest when
+    /// `higher_is_better`).
     fn run(
         args: &[String],
         variants: &[(&[&str], &[(&str, &str)])],
         config: &Gpt2RunConfig,
-        score: impl Fn(&serde_json::Value) -> f64,
+        key: &str,
+        higher_is_better: bool,
     ) -> Self {
+        let score = |r: &serde_json::Value| if higher_is_better { json_f64(r, key) } else { -json_f64(r, key) };
         let mut runs = Vec::new();
         for (extra, env) in variants {
             let mut args = args.to_vec();
@@ -87,7 +93,7 @@ impl Eager {
             eprintln!("eager: {}{SCRIPT} {}", shown.concat(), args.join(" "));
             let reference = run_python_json(SCRIPT, &args, env);
             check_config(config, &reference);
-            eprintln!("eager {}: {:.1}", eager_label(&reference), score(&reference));
+            eprintln!("eager {}: {key} {:.1}", eager_label(&reference), json_f64(&reference, key));
             runs.push(reference);
         }
         let best = runs.iter().max_by(|a, b| score(a).total_cmp(&score(b))).cloned().expect("eager runs");
@@ -116,7 +122,7 @@ async fn train(client: &mut Client, spec: &str) -> (Gpt2TrainReport, Eager) {
         (&["--adamw-impl", "fused"], &[]),
         (&["--adamw-impl", "fused"], MEMORY_ENV),
     ];
-    let eager = Eager::run(&args, &variants, &config, |r| -json_f64(r, "/step/p50Ms"));
+    let eager = Eager::run(&args, &variants, &config, "/step/p50Ms", false);
     (report, eager)
 }
 
@@ -139,7 +145,7 @@ async fn infer(client: &mut Client, spec: &str) -> (Gpt2InferReport, Eager) {
     ]);
     args.extend(["--prompt-ids".into(), ids.join(",")]);
     let variants: [(&[&str], &[(&str, &str)]); 2] = [(&[], &[]), (&[], MEMORY_ENV)];
-    let eager = Eager::run(&args, &variants, &config, |r| json_f64(r, "/tokensPerS"));
+    let eager = Eager::run(&args, &variants, &config, "/tokensPerS", true);
     (report, eager)
 }
 
@@ -173,16 +179,8 @@ async fn main() {
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;
 
-    let mut table = Table::new(&[
-        "figure",
-        "unit",
-        "baton",
-        "eager default",
-        "baton/default",
-        "eager best",
-        "baton/best",
-        "aim",
-    ]);
+    let mut table =
+        Table::new(&["figure", "unit", "baton", "eager default", "baton/default", "eager best", "baton/best", "aim"]);
     let mut verdicts = Vec::new();
     let mut device = String::new();
     for (spec, label, aim) in
