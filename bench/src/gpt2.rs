@@ -56,6 +56,12 @@ const MEMORY_ENV: &[(&str, &str)] = &[
     ),
 ];
 
+/// One way of running the reference: extra arguments and environment variables.
+struct Variant {
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+}
+
 /// One eager run's configuration, as the table names it.
 fn eager_label(reference: &serde_json::Value) -> String {
     let base = match reference.pointer("/adamwImpl").and_then(|v| v.as_str()) {
@@ -77,21 +83,15 @@ impl Eager {
     /// Runs the reference once per variant (`variants[0]` is the default) and keeps the
     /// default and the best by the figure at `key` (the lowest, or the highest when
     /// `higher_is_better`).
-    fn run(
-        args: &[String],
-        variants: &[(&[&str], &[(&str, &str)])],
-        config: &Gpt2RunConfig,
-        key: &str,
-        higher_is_better: bool,
-    ) -> Self {
+    fn run(args: &[String], variants: &[Variant], config: &Gpt2RunConfig, key: &str, higher_is_better: bool) -> Self {
         let score = |r: &serde_json::Value| if higher_is_better { json_f64(r, key) } else { -json_f64(r, key) };
         let mut runs = Vec::new();
-        for (extra, env) in variants {
+        for variant in variants {
             let mut args = args.to_vec();
-            args.extend(extra.iter().map(|a| a.to_string()));
-            let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            args.extend(variant.args.iter().map(|a| a.to_string()));
+            let shown: Vec<String> = variant.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
             eprintln!("eager: {}{SCRIPT} {}", shown.concat(), args.join(" "));
-            let reference = run_python_json(SCRIPT, &args, env);
+            let reference = run_python_json(SCRIPT, &args, variant.env);
             check_config(config, &reference);
             eprintln!("eager {}: {key} {:.1}", eager_label(&reference), json_f64(&reference, key));
             runs.push(reference);
@@ -116,11 +116,11 @@ async fn train(client: &mut Client, spec: &str) -> (Gpt2TrainReport, Eager) {
     {
         args.extend([flag.to_string(), v.to_string()]);
     }
-    let variants: [(&[&str], &[(&str, &str)]); 4] = [
-        (&["--adamw-impl", "default"], &[]),
-        (&["--adamw-impl", "foreach"], &[]),
-        (&["--adamw-impl", "fused"], &[]),
-        (&["--adamw-impl", "fused"], MEMORY_ENV),
+    let variants = [
+        Variant { args: &["--adamw-impl", "default"], env: &[] },
+        Variant { args: &["--adamw-impl", "foreach"], env: &[] },
+        Variant { args: &["--adamw-impl", "fused"], env: &[] },
+        Variant { args: &["--adamw-impl", "fused"], env: MEMORY_ENV },
     ];
     let eager = Eager::run(&args, &variants, &config, "/step/p50Ms", false);
     (report, eager)
@@ -144,7 +144,7 @@ async fn infer(client: &mut Client, spec: &str) -> (Gpt2InferReport, Eager) {
         s.warmup_runs.to_string(),
     ]);
     args.extend(["--prompt-ids".into(), ids.join(",")]);
-    let variants: [(&[&str], &[(&str, &str)]); 2] = [(&[], &[]), (&[], MEMORY_ENV)];
+    let variants = [Variant { args: &[], env: &[] }, Variant { args: &[], env: MEMORY_ENV }];
     let eager = Eager::run(&args, &variants, &config, "/tokensPerS", true);
     (report, eager)
 }

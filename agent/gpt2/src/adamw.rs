@@ -193,7 +193,7 @@ impl FusedPass {
         };
         std::thread::scope(|s| {
             for _ in 1..threads {
-                s.spawn(&take);
+                s.spawn(take);
             }
             take();
         });
