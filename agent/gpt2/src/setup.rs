@@ -53,14 +53,22 @@ pub fn check_memory(device: &JobDevice, needed_bytes: u64) -> Result<(), Gpt2Err
 
 /// Training memory: fp32 weights, gradients and two AdamW moments (16 bytes per
 /// parameter, +2 for bf16 copies), activations kept for backward (~10·nEmbd + 3·nInner
-/// values per token and layer) and logits with their gradient.
-pub fn train_bytes(c: &Gpt2Config, batch: u32, seq_len: u32, bf16: bool) -> u64 {
+/// values per token and layer) and logits with their gradient. With `attention_matrices`
+/// (attention dropout in fp32 on the CPU, where attention is computed explicitly), also
+/// the three batch × heads × seq² matrices per layer that backward keeps: probabilities,
+/// dropout mask and dropped probabilities.
+pub fn train_bytes(c: &Gpt2Config, batch: u32, seq_len: u32, bf16: bool, attention_matrices: bool) -> u64 {
     let params = c.parameters() as f64;
     let tokens = f64::from(batch) * f64::from(seq_len);
     let per_param = if bf16 { 18.0 } else { 16.0 };
     let activations = c.n_layer as f64 * tokens * (10 * c.n_embd + 3 * c.n_inner) as f64 * 4.0;
     let logits = tokens * c.vocab_size as f64 * 4.0 * 3.0;
-    (params * per_param + activations + logits) as u64
+    let attention = if attention_matrices {
+        c.n_layer as f64 * tokens * c.n_head as f64 * f64::from(seq_len) * 4.0 * 3.0
+    } else {
+        0.0
+    };
+    (params * per_param + activations + logits + attention) as u64
 }
 
 /// Inference memory: fp32 weights while loading, the KV cache, and the prompt's activations.

@@ -34,7 +34,8 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         )
         .into());
     }
-    setup::check_memory(&device, setup::train_bytes(&plan.config, spec.batch, spec.seq_len, bf16))?;
+    let attention_matrices = !device.is_cuda() && !bf16 && plan.config.attn_pdrop > 0.0;
+    setup::check_memory(&device, setup::train_bytes(&plan.config, spec.batch, spec.seq_len, bf16, attention_matrices))?;
     let mut data = TrainData::new(&spec, plan.config.vocab_size)?;
     let threads = setup::set_threads(spec.threads, caps.torch_threads);
     setup::seed_torch(spec.seed);

@@ -129,6 +129,25 @@ fn model_too_big_for_the_agent() {
     assert!(err.starts_with("model needs ~2") && err.ends_with(" GiB on cpu, agent has 3.0 GiB available"), "{err}");
 }
 
+/// With attention dropout on the CPU, backward keeps three batch × heads × seq² matrices
+/// per layer; the estimate counts them (8 × 12 heads × 1024² × 12 bytes ≈ 1.1 GiB here, ~1.2 in all),
+/// and without dropout the same job fits.
+#[test]
+fn attention_matrices_count_against_memory() {
+    let _serial = crate::one_job_at_a_time();
+    let caps = Gpt2Capabilities { memory_bytes: 1 << 30, ..cpu_agent() };
+    let spec = |dropout| Gpt2TrainSpec {
+        batch: 8,
+        seq_len: 1024,
+        dropout: Some(dropout),
+        threads: 2,
+        ..small(custom(1, 12, 48, 1024, 10))
+    };
+    let err = train_err(spec(0.1), &caps);
+    assert!(err.starts_with("model needs ~1.2 GiB on cpu"), "{err}");
+    baton_gpt2::train(&spec(0.0), &JobContext::detached("fits"), &caps).unwrap();
+}
+
 #[test]
 fn auto_device_falls_back_to_cpu() {
     let _serial = crate::one_job_at_a_time();
