@@ -1,10 +1,13 @@
 use crate::common::*;
 use baton_browser::BrowserConfig;
 use baton_proto::context::JobContext;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// Xvfb on the first free display of :90..:99, killed when dropped.
+/// Xvfb on a display it picks itself (`-displayfd`: the first one free, stale locks of
+/// dead servers included), stopped with SIGTERM when dropped so it removes its lock file
+/// and socket.
 struct Xvfb {
     child: Child,
     display: String,
@@ -13,35 +16,25 @@ struct Xvfb {
 impl Xvfb {
     fn start() -> Self {
         require("Xvfb", "xvfb");
-        for n in 90..100 {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
-            }
-            let display = format!(":{n}");
-            let mut child = Command::new("Xvfb")
-                .args([display.as_str(), "-screen", "0", "1400x1000x24", "-nolisten", "tcp"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            for _ in 0..100 {
-                if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                    return Self { child, display };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            let _ = child.kill();
-        }
-        panic!("could not start Xvfb on any display :90..:99");
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1400x1000x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Xvfb writes the display number once it accepts connections, or exits.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let n = line.trim();
+        assert!(!n.is_empty(), "Xvfb exited without a display: {:?}", child.wait());
+        Self { display: format!(":{n}"), child }
     }
 }
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on our own child's pid, which is not reaped until `wait` below.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
