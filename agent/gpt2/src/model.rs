@@ -286,15 +286,16 @@ impl Gpt2 {
         out
     }
 
-    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`; `train` turns dropout on.
-    pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
-        let hidden = self.hidden_padded(self.embed(ids), None, train, None);
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (dropout off).
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let hidden = self.hidden_padded(self.embed(ids), None, false, None);
         self.lm_head(&hidden)
     }
 
-    /// Mean cross-entropy of predicting `targets` `[batch, seq]` from `ids` `[batch, seq]`.
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        self.cross_entropy(&self.forward(ids, train), targets)
+    /// Mean cross-entropy of predicting `targets` `[batch, seq]` from `ids` `[batch, seq]`
+    /// (dropout off; for training see [`Gpt2::train_loss`]).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Tensor {
+        self.cross_entropy(&self.forward(ids), targets)
     }
 
     /// The training loss (dropout on) of predicting `targets` from `ids`; its gradients
@@ -415,7 +416,7 @@ impl Gpt2 {
                 }
             }
             let p = if train { c.attn_pdrop } else { 0.0 };
-            let y = if p > 0.0 && causal && q.device() == Device::Cpu && q.kind() == Kind::Float {
+            let y = if causal && explicit_attention(q.device(), q.kind(), p) {
                 causal_attention_with_dropout(&q, &k, &v, p)
             } else {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, false)
@@ -471,6 +472,13 @@ fn layer_norm(x: &Tensor, ln: &LayerNorm, eps: f64) -> Tensor {
 
 fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
     if train && p > 0.0 { crate::dropout::dropout(&x, p) } else { x }
+}
+
+/// Whether training attention with dropout `p` on `device` in `kind` is computed by
+/// [`causal_attention_with_dropout`] rather than libtorch's SDPA: on the CPU in fp32, where
+/// SDPA would draw its dropout masks serially.
+pub fn explicit_attention(device: Device, kind: Kind, p: f64) -> bool {
+    p > 0.0 && device == Device::Cpu && kind == Kind::Float
 }
 
 /// Causal attention with dropout on the attention weights, spelled out as libtorch's SDPA

@@ -3,6 +3,7 @@
 use crate::Gpt2Error;
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::device::{self, Gpt2Capabilities};
+use crate::model;
 use crate::setup::{self, ModelPlan};
 use crate::stats::phase_stats;
 use crate::tokenizer::Gpt2Tokenizer;
@@ -34,7 +35,8 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         )
         .into());
     }
-    let attention_matrices = !device.is_cuda() && !bf16 && plan.config.attn_pdrop > 0.0;
+    let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
+    let attention_matrices = model::explicit_attention(device.device, compute, plan.config.attn_pdrop);
     setup::check_memory(&device, setup::train_bytes(&plan.config, spec.batch, spec.seq_len, bf16, attention_matrices))?;
     let mut data = TrainData::new(&spec, plan.config.vocab_size)?;
     let threads = setup::set_threads(spec.threads, caps.torch_threads);
@@ -44,9 +46,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let name = plan.name.clone();
     let mut model = plan.build(device.device)?;
     model.set_trainable();
-    if bf16 {
-        model.set_compute_kind(Kind::BFloat16);
-    }
+    model.set_compute_kind(compute);
     let params = model.parameters();
     let adamw = spec.adamw.unwrap_or_default();
     let mut optimizer = AdamW::new(

@@ -23,13 +23,13 @@ fn matches_transformers_logits_loss_and_greedy_continuation() {
     let want: Vec<f32> = reference["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     let want = Tensor::from_slice(&want).view(want_shape.as_slice());
     tch::no_grad(|| {
-        let logits = model.forward(&input, false);
+        let logits = model.forward(&input);
         let diff = (&logits - &want).abs().max().double_value(&[]);
         assert!(diff <= 1e-4, "max abs logit difference {diff} > 1e-4");
 
         // transformers shifts labels inside: position t predicts token t+1.
         let t = input.size()[1];
-        let loss = model.loss(&input.narrow(1, 0, t - 1), &input.narrow(1, 1, t - 1), false).double_value(&[]);
+        let loss = model.loss(&input.narrow(1, 0, t - 1), &input.narrow(1, 1, t - 1)).double_value(&[]);
         let want_loss = reference["loss"].as_f64().unwrap();
         assert!((loss - want_loss).abs() < 1e-4, "loss {loss} vs transformers {want_loss}");
         assert_eq!(logits.kind(), Kind::Float);
