@@ -254,7 +254,7 @@ impl Cluster {
 
 /// A Jaeger v2 with in-memory storage on free loopback ports.
 pub struct Jaeger {
-    pub otlp_endpoint: String,
+    otlp_endpoint: String,
     pub query_url: String,
     _proc: Proc,
     _dir: TempDir,
@@ -279,6 +279,12 @@ impl Jaeger {
         })
         .await;
         Self { otlp_endpoint: format!("http://127.0.0.1:{otlp}"), query_url, _proc: proc, _dir: dir }
+    }
+
+    /// Environment for baton processes that export their spans here, in batches sent
+    /// every 100 ms (so a test sees them soon).
+    pub fn exporter_env(&self) -> [(&str, &str); 2] {
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")]
     }
 
     /// The trace with this id, as Jaeger's HTTP API returns it (`data[0]`), once it

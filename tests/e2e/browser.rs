@@ -18,8 +18,7 @@ fn at_site(mut req: SubmitJobRequest, site: &Site) -> SubmitJobRequest {
 async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_result_and_jaeger() {
     let site = Site::start().await;
     let jaeger = Jaeger::start().await;
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let mut cluster = Cluster::start(&[], &env).await;
+    let mut cluster = Cluster::start(&[], &jaeger.exporter_env()).await;
     cluster.add_agent("desktop-1", 1, &[]);
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;

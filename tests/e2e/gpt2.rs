@@ -35,8 +35,7 @@ fn tiny_train(seq_len: u32, device: &str) -> JobSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_jobs_at_three_sequence_lengths_report_phases_and_trace_steps() {
     let jaeger = Jaeger::start().await;
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let mut cluster = Cluster::start(&[], &env).await;
+    let mut cluster = Cluster::start(&[], &jaeger.exporter_env()).await;
     cluster.add_agent("cpu-1", 1, &["--no-browser"]);
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;

@@ -8,8 +8,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_job_is_one_trace_with_coordinator_and_agent_spans() {
     let jaeger = Jaeger::start().await;
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let mut cluster = Cluster::start(&[], &env).await;
+    let mut cluster = Cluster::start(&[], &jaeger.exporter_env()).await;
     cluster.add_agent("traced", 2, &[]);
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;
