@@ -5,7 +5,8 @@
 //! training step, ~80 ms of a ~750 ms step on a 2-core machine, while the other core waits.
 //! Here each element's keep/drop decision is a hash of (call key, element index) —
 //! the counter-based idea behind Philox, which CUDA dropout uses — computed in a loop the
-//! compiler vectorises (~1 ms for the same masks). The statistics are dropout's: each element
+//! compiler vectorises: dropout over 4.9 M elements took 4.8 ms this way and 66 ms through
+//! libtorch (release build, same machine). The statistics are dropout's: each element
 //! is kept independently with probability 1 - p and scaled by 1 / (1 - p). The call key is
 //! drawn from libtorch's generator, so `tch::manual_seed` makes runs reproducible.
 //! Elsewhere (CUDA, other dtypes) libtorch's own dropout runs.
