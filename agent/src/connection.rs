@@ -1,9 +1,14 @@
 //! Holds the ConnectAgent stream open: hello, heartbeats, reports out; assignments,
-//! cancels and acks in. Reconnects with capped, jittered backoff, forever.
+//! cancels and acks in. Reconnects with capped, jittered backoff until told to close.
+//! After every hello the reports the coordinator has not acknowledged go out again, one
+//! message each; reports queued for a broken stream are superseded by that.
 
 use crate::runner::Runner;
+use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::agent_service_client::AgentServiceClient;
-use baton_proto::v1::{AgentMessage, Capabilities, Heartbeat, Hello, agent_message, coordinator_message};
+use baton_proto::v1::{
+    AgentMessage, AttemptRef, Capabilities, Heartbeat, Hello, Leaving, agent_message, coordinator_message,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +26,27 @@ pub struct Identity {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs until `shutdown` fires.
+/// The agent's stop: `leaving` fires when it begins (the coordinator is told, and sends no
+/// more work), `close` when the agent is done and the stream may go.
+#[derive(Clone, Default)]
+pub struct Stopping {
+    pub leaving: CancellationToken,
+    pub grace_period: Duration,
+    pub close: CancellationToken,
+}
+
+/// Runs until `stopping.close` fires.
 pub async fn run(
     coordinator: String,
     identity: Identity,
     runner: Arc<Runner>,
     mut events: mpsc::UnboundedReceiver<AgentMessage>,
-    shutdown: CancellationToken,
+    stopping: Stopping,
 ) {
+    let shutdown = stopping.close.clone();
     let mut backoff = MIN_BACKOFF;
     loop {
-        let session = session(&coordinator, &identity, &runner, &mut events);
+        let session = session(&coordinator, &identity, &runner, &mut events, &stopping);
         let connected_for = tokio::time::Instant::now();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -63,6 +78,7 @@ async fn session(
     identity: &Identity,
     runner: &Arc<Runner>,
     events: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    stopping: &Stopping,
 ) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(coordinator.to_string())?
         .connect_timeout(Duration::from_secs(2))
@@ -70,23 +86,35 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect()
         .await?;
-    // Reports queued while away are superseded by the hello's running and finished lists.
+    // Reports queued while away are superseded by the hello (what runs) and the
+    // unacknowledged reports sent right after it.
     while events.try_recv().is_ok() {}
     let (out, out_rx) = mpsc::channel(1024);
+    let unacknowledged = runner.unacknowledged();
+    let leaving = stopping.leaving.is_cancelled();
     let hello = Hello {
         agent_id: identity.agent_id.clone(),
         slots: identity.slots,
         labels: identity.labels.clone(),
         capabilities: Some(identity.capabilities.clone()),
         running: runner.running(),
-        finished: runner.unacknowledged(),
+        finished: unacknowledged
+            .iter()
+            .map(|f| AttemptRef { job_id: f.job_id.clone(), attempt: f.attempt, started_at: None })
+            .collect(),
+        leaving,
     };
     out.send(msg(agent_message::Kind::Hello(hello))).await?;
     let mut inbound = AgentServiceClient::new(channel)
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES)
         .connect_agent(ReceiverStream::new(out_rx))
         .await?
         .into_inner();
+    for report in unacknowledged {
+        out.send(msg(agent_message::Kind::Finished(report))).await?;
+    }
+    let mut told_leaving = leaving;
     tracing::info!(coordinator = %coordinator, agent_id = %identity.agent_id, "connected");
     let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -107,12 +135,17 @@ async fn session(
                     Some(coordinator_message::Kind::Cancel(c)) => runner.cancel(&c.job_id, c.attempt, &c.reason),
                     Some(coordinator_message::Kind::Ack(a)) => runner.acknowledged(&a.job_id, a.attempt),
                     Some(coordinator_message::Kind::Drain(_)) => {
-                        tracing::info!("draining: finishing running jobs, taking no new ones");
+                        tracing::info!("drained by an operator: finishing running jobs, taking no new ones");
                     }
                     None => {}
                 }
             }
             Some(event) = events.recv() => out.send(event).await?,
+            _ = stopping.leaving.cancelled(), if !told_leaving => {
+                told_leaving = true;
+                let grace_period = Some(baton_proto::job::from_duration(stopping.grace_period));
+                out.send(msg(agent_message::Kind::Leaving(Leaving { grace_period }))).await?;
+            }
             _ = heartbeat.tick() => out.send(msg(agent_message::Kind::Heartbeat(Heartbeat {}))).await?,
         }
     }

@@ -1,6 +1,6 @@
 //! `baton-agent --coordinator URL [--slots N] [--label k=v]...`
 
-use baton_agent::connection::{self, Identity};
+use baton_agent::connection::{self, Identity, Stopping};
 use baton_agent::executor::{Builtin, Executor};
 use baton_agent::probe;
 use baton_agent::runner::Runner;
@@ -26,6 +26,11 @@ struct Args {
     /// This agent's id; default HOSTNAME-PID (a restarted agent is a new agent).
     #[arg(long)]
     name: Option<String>,
+    /// On SIGTERM: how long running jobs may take to finish before they are handed back
+    /// to the coordinator (which retries them elsewhere). Then unacknowledged reports are
+    /// flushed (up to 5 s more) and the agent exits.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    grace_period: std::time::Duration,
     #[cfg(feature = "browser")]
     #[command(flatten)]
     browser: BrowserArgs,
@@ -108,19 +113,44 @@ async fn run() -> anyhow::Result<()> {
         capabilities: probe::capabilities(runner.job_kinds(), capabilities),
     };
     tracing::info!(agent_id = %agent_id, slots = args.slots, cores = identity.capabilities.cpu_cores, "agent starting");
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        baton_proto::telemetry::terminated().await;
-        stop.cancel();
-    });
-    connection::run(args.coordinator, identity, runner, events, shutdown).await;
+    let stopping = Stopping {
+        leaving: CancellationToken::new(),
+        grace_period: args.grace_period,
+        close: CancellationToken::new(),
+    };
+    let connection =
+        tokio::spawn(connection::run(args.coordinator, identity, runner.clone(), events, stopping.clone()));
+    baton_proto::telemetry::terminated().await;
+    stop(&runner, &stopping, &agent_id).await;
+    let _ = connection.await;
     #[cfg(feature = "browser")]
     if let Some(engine) = browser.and_then(|e| Arc::try_unwrap(e).ok()) {
         engine.shutdown().await;
     }
     Ok(())
 }
+
+/// Stops taking work, gives running jobs the grace period, hands back what is left, and
+/// flushes the reports the coordinator has not acknowledged.
+async fn stop(runner: &Runner, stopping: &Stopping, agent_id: &str) {
+    let grace = humantime::format_duration(stopping.grace_period);
+    tracing::info!(agent_id, grace_period = %grace, "stopping: taking no new work, letting running jobs finish");
+    runner.stop_taking_work();
+    stopping.leaving.cancel();
+    if !runner.wait_idle(stopping.grace_period).await {
+        let reason = format!("agent {agent_id} stopped and its {grace} grace period ran out");
+        tracing::warn!(agent_id, "grace period over: handing back the jobs still running");
+        runner.hand_back_all(&reason);
+        runner.wait_idle(FLUSH_TIME).await;
+    }
+    if !runner.wait_acknowledged(FLUSH_TIME).await {
+        tracing::warn!(agent_id, "the coordinator did not acknowledge every report; it will retry those jobs");
+    }
+    stopping.close.cancel();
+}
+
+/// How long a stopping agent waits for handed-back jobs to stop and for acknowledgements.
+const FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The browser engine, or None (with a warning) when this machine has no browser.
 #[cfg(feature = "browser")]

@@ -1,24 +1,46 @@
 //! Runs attempts: one task each, with a cancellation token and a deadline; a panic ends
 //! only its own job. Finished reports wait in an outbox until the coordinator
 //! acknowledges them, so a result produced while the coordinator is away is not lost.
+//! When the agent stops, the runner takes no new work, lets running attempts finish
+//! within the grace period and hands back the rest.
 
 use crate::executor::{ExecError, Executor};
 use baton_proto::context::JobContext;
-use baton_proto::job::{kind_name, to_duration};
+use baton_proto::job::{kind_name, now, to_duration};
+use baton_proto::limits::{enforce_progress_limit, enforce_result_limit};
 use baton_proto::v1::{
     AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobResult, JobStarted, agent_message, job_finished,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// Why an attempt was stopped before it finished.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// The coordinator cancelled it (on request, or at its deadline).
+    Cancel(String),
+    /// The agent is stopping; the coordinator retries the attempt elsewhere.
+    HandBack(String),
+}
+
 struct Running {
     attempt: u32,
+    started_at: pbjson_types::Timestamp,
     cancel: CancellationToken,
-    cancel_reason: Arc<Mutex<Option<String>>>,
+    stop: Arc<Mutex<Option<Stop>>>,
+}
+
+impl Running {
+    fn stop(&self, why: Stop) {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.cancel.cancel();
+    }
 }
 
 #[derive(Default)]
@@ -33,6 +55,10 @@ pub struct Runner {
     book: Mutex<Book>,
     /// Reports for the coordinator; the connection forwards them while connected.
     events: mpsc::UnboundedSender<AgentMessage>,
+    /// False once the agent is stopping: new assignments are handed back at once.
+    accepting: AtomicBool,
+    /// Wakes whoever waits for the book to change (an attempt ended, a report was acked).
+    changed: Notify,
 }
 
 fn msg(kind: agent_message::Kind) -> AgentMessage {
@@ -49,7 +75,14 @@ impl Runner {
             }
         }
         let (events, rx) = mpsc::unbounded_channel();
-        (Arc::new(Self { executors: by_kind, book: Mutex::new(Book::default()), events }), rx)
+        let runner = Self {
+            executors: by_kind,
+            book: Mutex::new(Book::default()),
+            events,
+            accepting: AtomicBool::new(true),
+            changed: Notify::new(),
+        };
+        (Arc::new(runner), rx)
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -65,62 +98,123 @@ impl Runner {
 
     /// Attempts running now, for the hello after a reconnect.
     pub fn running(&self) -> Vec<AttemptRef> {
-        self.book().running.iter().map(|(id, r)| AttemptRef { job_id: id.clone(), attempt: r.attempt }).collect()
+        let book = self.book();
+        let refs = book.running.iter();
+        refs.map(|(id, r)| AttemptRef { job_id: id.clone(), attempt: r.attempt, started_at: Some(r.started_at) })
+            .collect()
     }
 
-    /// Finished reports not yet acknowledged, for the hello after a reconnect.
+    /// Finished reports not yet acknowledged, oldest first, for re-sending after a hello.
     pub fn unacknowledged(&self) -> Vec<JobFinished> {
-        self.book().outbox.values().cloned().collect()
+        let mut reports: Vec<JobFinished> = self.book().outbox.values().cloned().collect();
+        reports.sort_by(|a, b| (&a.job_id, a.attempt).cmp(&(&b.job_id, b.attempt)));
+        reports
     }
 
     pub fn acknowledged(&self, job_id: &str, attempt: u32) {
         self.book().outbox.remove(&(job_id.to_string(), attempt));
+        self.changed.notify_waiters();
     }
 
     pub fn cancel(&self, job_id: &str, attempt: u32, reason: &str) {
-        let book = self.book();
-        if let Some(r) = book.running.get(job_id).filter(|r| r.attempt == attempt) {
-            *r.cancel_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
-            r.cancel.cancel();
+        if let Some(r) = self.book().running.get(job_id).filter(|r| r.attempt == attempt) {
+            r.stop(Stop::Cancel(reason.to_string()));
+        }
+    }
+
+    /// The agent is stopping: every later assignment is handed straight back.
+    pub fn stop_taking_work(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops every running attempt; each reports itself handed back.
+    pub fn hand_back_all(&self, reason: &str) {
+        for r in self.book().running.values() {
+            r.stop(Stop::HandBack(reason.to_string()));
+        }
+    }
+
+    /// Waits until no attempt runs (true) or `within` passes (false).
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        self.wait_until(within, |book| book.running.is_empty()).await
+    }
+
+    /// Waits until the coordinator acknowledged every finished report (true) or `within` passes.
+    pub async fn wait_acknowledged(&self, within: Duration) -> bool {
+        self.wait_until(within, |book| book.outbox.is_empty()).await
+    }
+
+    async fn wait_until(&self, within: Duration, done: impl Fn(&Book) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            if done(&self.book()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return done(&self.book());
+            }
         }
     }
 
     /// Starts an attempt in its own task; a repeated assignment of a running attempt is ignored.
     pub fn start(self: &Arc<Self>, assignment: Assignment) {
+        let (job_id, attempt) = (assignment.job_id.clone(), assignment.attempt);
+        if !self.accepting.load(Ordering::SeqCst) {
+            let reason = "the agent is stopping and takes no new work".to_string();
+            self.report(JobFinished {
+                job_id,
+                attempt,
+                result: None,
+                outcome: Some(job_finished::Outcome::HandedBack(reason)),
+            });
+            return;
+        }
         let cancel = CancellationToken::new();
-        let cancel_reason = Arc::new(Mutex::new(None));
+        let stop = Arc::new(Mutex::new(None));
         {
             let mut book = self.book();
-            if book.running.get(&assignment.job_id).is_some_and(|r| r.attempt == assignment.attempt) {
+            if book.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
                 return;
             }
-            book.running.insert(
-                assignment.job_id.clone(),
-                Running { attempt: assignment.attempt, cancel: cancel.clone(), cancel_reason: cancel_reason.clone() },
-            );
+            let running = Running { attempt, started_at: now(), cancel: cancel.clone(), stop: stop.clone() };
+            book.running.insert(job_id.clone(), running);
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let (job_id, attempt) = (assignment.job_id.clone(), assignment.attempt);
             let _ = this.events.send(msg(agent_message::Kind::Started(JobStarted { job_id: job_id.clone(), attempt })));
-            let (result, outcome) = this.execute(assignment, cancel, cancel_reason).await;
-            let finished = JobFinished { job_id: job_id.clone(), attempt, result, outcome };
+            let (result, outcome) = this.execute(assignment, cancel, stop).await;
             {
                 let mut book = this.book();
-                book.outbox.insert((job_id.clone(), attempt), finished.clone());
                 if book.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
                     book.running.remove(&job_id);
                 }
             }
-            let _ = this.events.send(msg(agent_message::Kind::Finished(finished)));
+            this.report(JobFinished { job_id, attempt, result, outcome });
         });
+    }
+
+    /// Keeps a finished attempt's report (held to the size limit) until acknowledged, and sends it.
+    fn report(&self, mut finished: JobFinished) {
+        enforce_result_limit(&mut finished);
+        let outcome = match &finished.outcome {
+            None => "succeeded",
+            Some(job_finished::Outcome::Failure(_)) => "failed",
+            Some(job_finished::Outcome::Cancelled(_)) => "cancelled",
+            Some(job_finished::Outcome::TimedOut(_)) => "timed_out",
+            Some(job_finished::Outcome::HandedBack(_)) => "handed_back",
+        };
+        tracing::info!(job_id = %finished.job_id, attempt = finished.attempt, outcome, "attempt finished");
+        self.book().outbox.insert((finished.job_id.clone(), finished.attempt), finished.clone());
+        self.changed.notify_waiters();
+        let _ = self.events.send(msg(agent_message::Kind::Finished(finished)));
     }
 
     async fn execute(
         &self,
         assignment: Assignment,
         cancel: CancellationToken,
-        cancel_reason: Arc<Mutex<Option<String>>>,
+        stop: Arc<Mutex<Option<Stop>>>,
     ) -> (Option<JobResult>, Option<job_finished::Outcome>) {
         let Assignment { job_id, attempt, spec, trace_context } = assignment;
         let spec = spec.unwrap_or_default();
@@ -139,7 +233,8 @@ impl Runner {
         let timeout = spec.timeout.as_ref().map(to_duration).unwrap_or(baton_proto::spec::DEFAULT_TIMEOUT);
         let events = self.events.clone();
         let (progress_job, progress_attempt) = (job_id.clone(), attempt);
-        let ctx = JobContext::new(job_id.clone(), attempt, cancel.clone(), move |progress| {
+        let ctx = JobContext::new(job_id.clone(), attempt, cancel.clone(), move |mut progress| {
+            enforce_progress_limit(&mut progress);
             let _ = events.send(msg(agent_message::Kind::Progress(JobProgress {
                 job_id: progress_job.clone(),
                 attempt: progress_attempt,
@@ -157,23 +252,23 @@ impl Runner {
                 // Out of time: stop the executor and wait until it has stopped.
                 cancel.cancel();
                 let _ = task.await;
-                (None, Some(Outcome::TimedOut(format!("timed out after {}", humantime::format_duration(timeout)))))
+                (None, Some(Outcome::TimedOut(baton_proto::job::timed_out_reason(timeout))))
             }
             Some(Ok(Ok(result))) => (Some(result), None),
             Some(Ok(Err(ExecError::Failed { reason, result }))) => (result.map(|r| *r), Some(Outcome::Failure(reason))),
-            Some(Ok(Err(ExecError::Cancelled))) => {
-                let reason = cancel_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                (None, Some(Outcome::Cancelled(reason.unwrap_or_else(|| "cancelled".into()))))
-            }
+            Some(Ok(Err(ExecError::Cancelled))) => match stop.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                Some(Stop::HandBack(reason)) => (None, Some(Outcome::HandedBack(reason))),
+                Some(Stop::Cancel(reason)) => (None, Some(Outcome::Cancelled(reason))),
+                None => (None, Some(Outcome::Cancelled("cancelled".into()))),
+            },
             Some(Err(e)) if e.is_panic() => {
                 (None, Some(Outcome::Failure(format!("executor panicked: {}", panic_message(e)))))
             }
             Some(Err(e)) => (None, Some(Outcome::Failure(format!("executor stopped: {e}")))),
         };
-        span.in_scope(|| match &outcome {
-            None => tracing::info!(job_id = %job_id, "job succeeded"),
-            Some(other) => tracing::warn!(job_id = %job_id, outcome = ?other, "job did not succeed"),
-        });
+        if let Some(other) = &outcome {
+            span.in_scope(|| tracing::warn!(job_id = %job_id, outcome = ?other, "job did not succeed"));
+        }
         (result, outcome)
     }
 }

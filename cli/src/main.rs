@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::job_service_client::JobServiceClient;
 use baton_proto::v1::{
-    CancelJobRequest, DrainAgentRequest, GetJobRequest, Job, JobState, ListAgentsRequest, ListJobsRequest,
+    CancelJobRequest, DrainAgentRequest, GetJobRequest, Job, JobState, JobView, ListAgentsRequest, ListJobsRequest,
     WatchJobRequest,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -168,12 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let page = jobs
-                .list_jobs(ListJobsRequest {
-                    states,
-                    labels,
-                    page_size: limit.clamp(1, 1000),
-                    page_token: String::new(),
-                })
+                .list_jobs(ListJobsRequest { states, labels, page_size: limit.clamp(1, 1000), ..Default::default() })
                 .await?
                 .into_inner();
             out.jobs(&page.jobs)?;
@@ -181,7 +176,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report { ids } => {
             let found = if ids.is_empty() {
                 let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled].map(|s| s as i32).to_vec();
-                let request = ListJobsRequest { states: finished, page_size: 10, ..Default::default() };
+                let request = ListJobsRequest {
+                    states: finished,
+                    page_size: 10,
+                    view: JobView::Full as i32,
+                    ..Default::default()
+                };
                 let mut latest = jobs.list_jobs(request).await?.into_inner().jobs;
                 latest.reverse();
                 latest

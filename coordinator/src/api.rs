@@ -9,8 +9,8 @@ use baton_proto::v1::agent_service_server::AgentService;
 use baton_proto::v1::job_service_server::JobService;
 use baton_proto::v1::{
     Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Job, JobState,
-    ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobsRequest,
-    SubmitJobsResponse, WatchJobRequest, Welcome, coordinator_message,
+    JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
+    SubmitJobsRequest, SubmitJobsResponse, WatchJobRequest, Welcome, coordinator_message,
 };
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 use tonic::{Request, Response, Status, Streaming};
 
 pub const MAX_BATCH: usize = 10_000;
+/// Most slots one agent may offer (the agent's own flag has the same bound).
+pub const MAX_SLOTS: u32 = 1024;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
@@ -126,12 +128,17 @@ impl JobService for Api {
                 Ok(state) => states.push(state as i32),
             }
         }
+        let full = match JobView::try_from(req.view) {
+            Ok(JobView::Unspecified | JobView::Basic) => false,
+            Ok(JobView::Full) => true,
+            Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
+        };
         let labels = req.labels;
         let keep = |job: &Job| {
             (states.is_empty() || states.contains(&job.state))
                 && labels.iter().all(|(k, v)| job.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
         };
-        let (jobs, next) = self.coordinator.list(keep, before, page_size);
+        let (jobs, next) = self.coordinator.list(keep, before, page_size, full);
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }
 
@@ -184,7 +191,7 @@ impl AdminService for Api {
     async fn drain_agent(&self, req: Request<DrainAgentRequest>) -> Result<Response<Agent>, Status> {
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
-        Ok(Response::new(agent_view(self.coordinator.drain(&id)?)))
+        Ok(Response::new(agent_view(self.coordinator.drain(&id).await?)))
     }
 }
 
@@ -204,8 +211,8 @@ impl AgentService for Api {
         if hello.agent_id.is_empty() {
             return Err(Status::invalid_argument("hello.agentId: is required"));
         }
-        if hello.slots == 0 {
-            return Err(Status::invalid_argument("hello.slots: must be at least 1"));
+        if hello.slots == 0 || hello.slots > MAX_SLOTS {
+            return Err(Status::invalid_argument(format!("hello.slots: must be between 1 and {MAX_SLOTS}")));
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let welcome = Welcome {
@@ -213,15 +220,19 @@ impl AgentService for Api {
         };
         // Unbounded is safe here: an agent gets at most one message per slot, cancel or
         // report, and the stream drains as fast as the agent reads.
-        let _ = tx.send(CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(welcome)) });
+        let _ = tx.send(Ok(CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(welcome)) }));
         let agent_id = hello.agent_id.clone();
         let connection = self.coordinator.agent_connected(&hello, tx);
-        tracing::info!(agent_id = %agent_id, slots = hello.slots, "agent connected");
+        tracing::info!(agent_id = %agent_id, slots = hello.slots, running = hello.running.len(), "agent connected");
         let coordinator = self.coordinator.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(msg)) => handle_agent_message(&coordinator, &agent_id, msg),
+                    Ok(Some(msg)) => {
+                        if !coordinator.agent_message(&agent_id, connection, msg) {
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::info!(agent_id = %agent_id, error = %e, "agent stream broke");
@@ -232,18 +243,7 @@ impl AgentService for Api {
             coordinator.agent_gone(&agent_id, connection);
             tracing::info!(agent_id = %agent_id, "agent disconnected");
         });
-        let outbound = UnboundedReceiverStream::new(rx).map(Ok).take_until(self.shutdown.clone().cancelled_owned());
+        let outbound = UnboundedReceiverStream::new(rx).take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(outbound)))
-    }
-}
-
-fn handle_agent_message(coordinator: &Coordinator, agent_id: &str, msg: AgentMessage) {
-    match msg.kind {
-        Some(AgentKind::Heartbeat(_)) | Some(AgentKind::Hello(_)) | None => coordinator.heartbeat(agent_id),
-        Some(AgentKind::Started(s)) => coordinator.started(agent_id, &s.job_id, s.attempt),
-        Some(AgentKind::Progress(p)) => {
-            coordinator.progress(agent_id, &p.job_id, p.attempt, p.progress.unwrap_or_default())
-        }
-        Some(AgentKind::Finished(f)) => coordinator.finished(agent_id, &f),
     }
 }

@@ -10,23 +10,28 @@
 //! watch update) about a change before that change is durable. Progress is the one
 //! exception: it is not stored and is forwarded to watchers as it comes.
 
-use crate::state::{Action, AgentEntry, State, StateError};
-use crate::store::Store;
+use crate::state::{Action, AgentEntry, Retention, State, StateError};
+use crate::store::{Commit, Store};
 use baton_proto::job::to_system_time;
+use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_result_limit};
 use baton_proto::telemetry::{extract, inject};
+use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::{
-    Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobFinished, JobSpec, JobState,
-    Progress, coordinator_message,
+    AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobSpec, JobState,
+    coordinator_message,
 };
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
+use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc, watch};
+use tonic::Status;
 
-pub type AgentTx = mpsc::UnboundedSender<CoordinatorMessage>;
+/// An agent's outbound stream; an `Err` ends it with that status.
+pub type AgentTx = mpsc::UnboundedSender<Result<CoordinatorMessage, Status>>;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +39,8 @@ pub struct Config {
     pub lease: Duration,
     /// Agents are asked to send a heartbeat this often.
     pub heartbeat_interval: Duration,
+    /// How long finished jobs are kept.
+    pub retention: Retention,
 }
 
 struct AgentLink {
@@ -43,18 +50,26 @@ struct AgentLink {
 
 enum Effect {
     Send(AgentTx, Box<coordinator_message::Kind>),
-    Dispatch { tx: AgentTx, job: Box<Job>, decided_at: SystemTime },
+    Dispatch {
+        tx: AgentTx,
+        job: Box<Job>,
+        decided_at: SystemTime,
+    },
+    /// Ends an agent's stream with this status.
+    Close(AgentTx, Status),
 }
 
 #[derive(Default)]
 struct Batch {
     jobs: HashMap<String, Job>,
+    removed: Vec<String>,
+    drained_agents: Vec<String>,
     effects: Vec<Effect>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.effects.is_empty()
+        self.jobs.is_empty() && self.removed.is_empty() && self.drained_agents.is_empty() && self.effects.is_empty()
     }
 }
 
@@ -83,9 +98,15 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
-        let jobs = store.load_jobs()?;
-        tracing::info!(jobs = jobs.len(), "store loaded");
-        let state = State::restore(jobs, Instant::now());
+        let began = Instant::now();
+        let stored = store.load()?;
+        let state = State::restore(stored.jobs, stored.drained_agents, Instant::now());
+        tracing::info!(
+            jobs = state.job_count(),
+            queued = state.queued_count(),
+            load_ms = began.elapsed().as_millis() as u64,
+            "store loaded"
+        );
         Ok(Arc::new(Self {
             inner: Mutex::new(Inner {
                 state,
@@ -111,9 +132,9 @@ impl Coordinator {
 
     /// Runs one change and the scheduler under the lock; returns the change's result and
     /// a ticket for its durability.
-    fn mutate<R>(&self, change: impl FnOnce(&mut State) -> (R, Vec<Action>)) -> (R, Ticket) {
+    fn mutate<R>(&self, change: impl FnOnce(&mut Inner) -> (R, Vec<Action>)) -> (R, Ticket) {
         let mut inner = self.lock();
-        let (result, mut actions) = change(&mut inner.state);
+        let (result, mut actions) = change(&mut inner);
         actions.extend(inner.state.schedule());
         let added = !actions.is_empty();
         apply(&mut inner, actions);
@@ -148,10 +169,14 @@ impl Coordinator {
                     inner.pending_generation += 1;
                     (std::mem::take(&mut inner.pending), generation)
                 };
-                let jobs: Vec<Job> = batch.jobs.into_values().collect();
+                let change = Commit {
+                    jobs: batch.jobs.into_values().collect(),
+                    removed: batch.removed,
+                    drained_agents: batch.drained_agents,
+                };
                 let store = self.store.clone();
                 let began = Instant::now();
-                let committed = tokio::task::spawn_blocking(move || store.commit(&jobs).map(|()| jobs)).await;
+                let committed = tokio::task::spawn_blocking(move || store.commit(&change).map(|()| change.jobs)).await;
                 tracing::debug!(commit_us = began.elapsed().as_micros() as u64, generation, "store commit");
                 let jobs = match committed {
                     Ok(Ok(jobs)) => jobs,
@@ -193,13 +218,18 @@ impl Coordinator {
         }
     }
 
-    /// Checks leases and deadlines; call periodically.
+    /// Checks leases and deadlines, and removes finished jobs past the retention (a
+    /// bounded number per tick, so the lock is never held long); call once, it loops.
     pub async fn run_expiry(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let Config { lease, retention, .. } = self.config;
         loop {
             tick.tick().await;
-            let lease = self.config.lease;
-            let _ = self.mutate(|s| ((), s.expire(Instant::now(), lease)));
+            let _ = self.mutate(|inner| {
+                let mut actions = inner.state.expire(Instant::now(), lease);
+                actions.extend(inner.state.expire_finished(retention, SystemTime::now(), 10_000));
+                ((), actions)
+            });
         }
     }
 
@@ -210,7 +240,8 @@ impl Coordinator {
     pub async fn submit(&self, requests: Vec<(JobSpec, String)>, client_cx: &Context) -> Vec<Job> {
         let tracer = global::tracer("baton-coordinator");
         let mut spans = Vec::new();
-        let (ids, ticket) = self.mutate(|state| {
+        let (ids, ticket) = self.mutate(|inner| {
+            let state = &mut inner.state;
             let mut ids = Vec::with_capacity(requests.len());
             let mut actions = Vec::new();
             for (mut spec, key) in requests {
@@ -258,22 +289,31 @@ impl Coordinator {
         inner.state.job(id).map(|j| view(&inner.state, j))
     }
 
-    /// Newest first below `before_seq`; returns the page and the seq to continue below.
+    /// Newest first below `before_seq`, with results only when `full`; returns the page
+    /// and the seq to continue below. A page ends early rather than exceed
+    /// [`MAX_PAGE_BYTES`].
     pub fn list(
         &self,
         keep: impl Fn(&Job) -> bool,
         before_seq: Option<u64>,
         page_size: usize,
+        full: bool,
     ) -> (Vec<Job>, Option<u64>) {
         let inner = self.lock();
         let mut jobs = Vec::with_capacity(page_size.min(1024));
+        let mut bytes = 0;
         let mut next = None;
         for job in inner.state.jobs_newest_first(before_seq).filter(|j| keep(j)) {
-            if jobs.len() == page_size {
+            let mut job = view(&inner.state, job);
+            if !full {
+                job.result = None;
+            }
+            bytes += job.encoded_len();
+            if jobs.len() == page_size || (bytes > MAX_PAGE_BYTES && !jobs.is_empty()) {
                 next = jobs.last().map(|j: &Job| j.seq);
                 break;
             }
-            jobs.push(view(&inner.state, job));
+            jobs.push(job);
         }
         (jobs, next)
     }
@@ -290,7 +330,7 @@ impl Coordinator {
     }
 
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, StateError> {
-        let (result, ticket) = self.mutate(|s| match s.cancel(id, reason) {
+        let (result, ticket) = self.mutate(|inner| match inner.state.cancel(id, reason) {
             Ok(actions) => (Ok(()), actions),
             Err(e) => (Err(e), Vec::new()),
         });
@@ -302,14 +342,55 @@ impl Coordinator {
     // ---- agents -----------------------------------------------------------------------
 
     /// Registers an agent's stream and applies its hello; returns the connection number
-    /// that [`Self::agent_gone`] needs.
+    /// its later messages are checked against.
     pub fn agent_connected(&self, hello: &Hello, tx: AgentTx) -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let connection = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The link goes in first so the acks and cancels the hello produces reach it.
-        self.lock().links.insert(hello.agent_id.clone(), AgentLink { connection, tx });
-        let _ = self.mutate(|s| ((), s.hello(hello, Instant::now())));
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let connection = NEXT.fetch_add(1, Ordering::Relaxed);
+        let _ = self.mutate(|inner| {
+            // The link goes in first so the acks and cancels the hello produces reach it;
+            // an older stream of the same agent is superseded (its sender dropped).
+            inner.links.insert(hello.agent_id.clone(), AgentLink { connection, tx });
+            ((), inner.state.hello(hello, Instant::now()))
+        });
         connection
+    }
+
+    /// Applies a message from an agent's stream. Returns false when the stream is no
+    /// longer the agent's current one (superseded or expelled): the caller stops reading.
+    pub fn agent_message(&self, agent_id: &str, connection: u64, msg: AgentMessage) -> bool {
+        let (current, _ticket) = self.mutate(|inner| {
+            if inner.links.get(agent_id).is_none_or(|l| l.connection != connection) {
+                return (false, Vec::new());
+            }
+            let state = &mut inner.state;
+            state.touch(agent_id, Instant::now());
+            let actions = match msg.kind {
+                Some(AgentKind::Started(s)) => state.started(agent_id, &s.job_id, s.attempt),
+                Some(AgentKind::Progress(p)) => {
+                    let mut progress = p.progress.unwrap_or_default();
+                    enforce_progress_limit(&mut progress);
+                    if state.progress(agent_id, &p.job_id, p.attempt, progress)
+                        && let (Some(w), Some(job)) = (inner.watchers.get(&p.job_id), inner.state.job(&p.job_id))
+                    {
+                        w.send_replace(view(&inner.state, job));
+                    }
+                    Vec::new()
+                }
+                Some(AgentKind::Finished(mut report)) => {
+                    // The agent enforces the limit; a report from one that did not is held to it here.
+                    enforce_result_limit(&mut report);
+                    state.finished(agent_id, report)
+                }
+                Some(AgentKind::Leaving(_)) => {
+                    tracing::info!(agent_id, "agent is stopping: no new work for it");
+                    state.leaving(agent_id);
+                    Vec::new()
+                }
+                Some(AgentKind::Heartbeat(_)) | Some(AgentKind::Hello(_)) | None => Vec::new(),
+            };
+            (true, actions)
+        });
+        current
     }
 
     pub fn agent_gone(&self, agent_id: &str, connection: u64) {
@@ -320,34 +401,6 @@ impl Coordinator {
         }
     }
 
-    pub fn heartbeat(&self, agent_id: &str) {
-        self.lock().state.touch(agent_id, Instant::now());
-    }
-
-    pub fn started(&self, agent_id: &str, job_id: &str, attempt: u32) {
-        let _ = self.mutate(|s| {
-            s.touch(agent_id, Instant::now());
-            ((), s.started(agent_id, job_id, attempt))
-        });
-    }
-
-    pub fn progress(&self, agent_id: &str, job_id: &str, attempt: u32, progress: Progress) {
-        let mut inner = self.lock();
-        inner.state.touch(agent_id, Instant::now());
-        if inner.state.progress(agent_id, job_id, attempt, progress)
-            && let (Some(w), Some(job)) = (inner.watchers.get(job_id), inner.state.job(job_id))
-        {
-            w.send_replace(view(&inner.state, job));
-        }
-    }
-
-    pub fn finished(&self, agent_id: &str, report: &JobFinished) {
-        let _ = self.mutate(|s| {
-            s.touch(agent_id, Instant::now());
-            ((), s.finished(agent_id, report))
-        });
-    }
-
     pub fn agents(&self) -> Vec<AgentEntry> {
         let inner = self.lock();
         let mut agents: Vec<_> = inner.state.agents().cloned().collect();
@@ -355,12 +408,15 @@ impl Coordinator {
         agents
     }
 
-    pub fn drain(&self, agent_id: &str) -> Result<AgentEntry, StateError> {
-        let mut inner = self.lock();
-        inner.state.drain(agent_id)?;
-        if let Some(link) = inner.links.get(agent_id) {
-            let _ = link.tx.send(message(coordinator_message::Kind::Drain(Default::default())));
-        }
+    /// Drains an agent; returns once the drain is durable.
+    pub async fn drain(&self, agent_id: &str) -> Result<AgentEntry, StateError> {
+        let (result, ticket) = self.mutate(|inner| match inner.state.drain(agent_id) {
+            Ok(actions) => (Ok(()), actions),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result?;
+        self.durable(ticket).await;
+        let inner = self.lock();
         inner.state.agent(agent_id).cloned().ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))
     }
 }
@@ -376,8 +432,8 @@ fn view(state: &State, job: &Job) -> Job {
     job
 }
 
-fn message(kind: coordinator_message::Kind) -> CoordinatorMessage {
-    CoordinatorMessage { kind: Some(kind) }
+fn message(kind: coordinator_message::Kind) -> Result<CoordinatorMessage, Status> {
+    Ok(CoordinatorMessage { kind: Some(kind) })
 }
 
 fn apply(inner: &mut Inner, actions: Vec<Action>) {
@@ -386,6 +442,21 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
             Action::Persist(id) => {
                 if let Some(job) = inner.state.job(&id) {
                     inner.pending.jobs.insert(id, job.clone());
+                }
+            }
+            Action::Remove(id) => inner.pending.removed.push(id),
+            Action::PersistDrain(agent_id) => inner.pending.drained_agents.push(agent_id),
+            Action::Drain { agent_id } => {
+                if let Some(link) = inner.links.get(&agent_id) {
+                    let kind = coordinator_message::Kind::Drain(Default::default());
+                    inner.pending.effects.push(Effect::Send(link.tx.clone(), Box::new(kind)));
+                }
+            }
+            Action::Expel { agent_id, reason } => {
+                // No new message reaches the expelled stream; it ends once the batch is durable.
+                if let Some(link) = inner.links.remove(&agent_id) {
+                    tracing::warn!(agent_id = %agent_id, reason = %reason, "agent expelled; it must say hello again");
+                    inner.pending.effects.push(Effect::Close(link.tx, Status::aborted(reason)));
                 }
             }
             Action::Assign { agent_id, job_id } => {
@@ -424,6 +495,9 @@ fn run_effect(effect: Effect) {
             let Job { id, attempt, spec, .. } = *job;
             let assignment = Assignment { job_id: id, attempt, spec, trace_context };
             let _ = tx.send(message(coordinator_message::Kind::Assignment(assignment)));
+        }
+        Effect::Close(tx, status) => {
+            let _ = tx.send(Err(status));
         }
     }
 }

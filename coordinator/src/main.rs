@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use baton_coordinator::core::Config;
+use baton_coordinator::state::Retention;
 use baton_coordinator::store::RedbStore;
 use clap::Parser;
 use std::path::PathBuf;
@@ -25,6 +26,12 @@ struct Args {
     /// How often agents send heartbeats.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// Finished jobs older than this are removed from memory and the store (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    keep_finished_for: Duration,
+    /// At most this many finished jobs are kept; the oldest go first.
+    #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+    keep_finished_jobs: usize,
 }
 
 #[tokio::main]
@@ -43,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         baton_proto::telemetry::terminated().await;
         stop.cancel();
     });
-    let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval };
+    let retention = Retention { max_age: args.keep_finished_for, max_jobs: args.keep_finished_jobs };
+    let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval, retention };
     baton_coordinator::server::serve(listener, Arc::new(store), config, shutdown).await
 }

@@ -4,6 +4,7 @@
 use crate::api::Api;
 use crate::core::{Config, Coordinator};
 use crate::store::Store;
+use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
     job_service_server::JobServiceServer,
@@ -45,8 +46,13 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(JobServiceServer::new(api.clone()))
-        .add_service(AgentServiceServer::new(api.clone()))
+        // Specs over the limit get INVALID_ARGUMENT naming it, up to a transport limit well above.
+        .add_service(JobServiceServer::new(api.clone()).max_decoding_message_size(16 << 20))
+        .add_service(
+            AgentServiceServer::new(api.clone())
+                .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+        )
         .add_service(AdminServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;

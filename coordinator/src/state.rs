@@ -1,29 +1,121 @@
-//! The job state machine and the scheduler: plain data, plain functions, no IO.
+//! The job lifecycle and the scheduler: plain data, plain functions, no IO.
 //!
 //! Every method mutates [`State`] and returns the [`Action`]s the caller must carry out
 //! once the changed jobs are durable: persist, send an assignment, a cancel or an ack.
 //!
+//! **Architecture invariant:** a job's state changes only through [`apply`], which refuses
+//! every move not in [`TRANSITIONS`]; a terminal state has no way out.
 //! **Architecture invariant:** a report from an agent is applied only when it names the
-//! job's current attempt on the agent that holds it (fencing); anything else is stale.
+//! job's current attempt, the job is ASSIGNED or RUNNING, and the reporting agent holds it
+//! (fencing); anything else is stale and only acknowledged.
 
-use baton_proto::job::{kind_name, now, to_duration};
-use baton_proto::v1::{Capabilities, Hello, Job, JobFinished, JobSpec, JobState, Progress, job_finished};
+use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
+use baton_proto::spec::Placement;
+use baton_proto::v1::{Capabilities, Hello, Job, JobFinished, JobResult, JobSpec, JobState, Progress, job_finished};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Every legal change of a job's state, with what causes it. Nothing leaves a terminal
+/// state (SUCCEEDED, FAILED, CANCELLED).
+pub const TRANSITIONS: &[(JobState, JobState, &str)] = {
+    use JobState::*;
+    &[
+        (Queued, Assigned, "the scheduler hands a new attempt to an agent"),
+        (Queued, Cancelled, "cancelled before any agent ran it"),
+        (Assigned, Running, "the agent reports the attempt started (or still runs it after a reconnect)"),
+        (Assigned, Queued, "the attempt is lost, timed out or handed back, and attempts remain"),
+        (Running, Queued, "the attempt is lost, timed out or handed back, and attempts remain"),
+        (Assigned, Succeeded, "the owning attempt's report: success"),
+        (Running, Succeeded, "the owning attempt's report: success"),
+        (Assigned, Failed, "the owning attempt failed, or the last attempt was lost or timed out"),
+        (Running, Failed, "the owning attempt failed, or the last attempt was lost or timed out"),
+        (Assigned, Cancelled, "the owning attempt stopped on request"),
+        (Running, Cancelled, "the owning attempt stopped on request"),
+    ]
+};
+
+pub fn is_legal(from: JobState, to: JobState) -> bool {
+    TRANSITIONS.iter().any(|(f, t, _)| *f == from && *t == to)
+}
+
+/// What happens to a job; [`apply`] turns it into the record's next version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A new attempt on this agent.
+    Assign { agent_id: String },
+    /// The attempt began executing on its agent.
+    Start { at: pbjson_types::Timestamp },
+    /// The job is settled: SUCCEEDED, FAILED or CANCELLED.
+    Finish { state: JobState, reason: String, result: Option<JobResult> },
+    /// The attempt ended without settling the job; it waits for the next one.
+    Retry { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("illegal transition {from:?} -> {to:?}")]
+pub struct Illegal {
+    pub from: JobState,
+    pub to: JobState,
+}
+
+/// The one function that changes a job's state.
+pub fn apply(job: &mut Job, event: Event) -> Result<(), Illegal> {
+    let to = match &event {
+        Event::Assign { .. } => JobState::Assigned,
+        Event::Start { .. } => JobState::Running,
+        Event::Finish { state, .. } => *state,
+        Event::Retry { .. } => JobState::Queued,
+    };
+    let from = job.state();
+    if !is_legal(from, to) {
+        return Err(Illegal { from, to });
+    }
+    match event {
+        Event::Assign { agent_id } => {
+            job.attempt += 1;
+            job.agent_id = agent_id;
+            job.assigned_at = Some(now());
+            job.started_at = None;
+            job.reason.clear();
+            job.progress = None;
+        }
+        Event::Start { at } => job.started_at = Some(at),
+        Event::Finish { reason, result, .. } => {
+            job.reason = reason;
+            job.result = result;
+            job.finished_at = Some(now());
+        }
+        Event::Retry { reason } => {
+            job.reason = reason;
+            job.started_at = None;
+            job.progress = None;
+            job.result = None;
+        }
+    }
+    job.state = to as i32;
+    Ok(())
+}
 
 /// What the caller does after the state changed, in this order, once durable.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Write the job's new record to the store (and tell its watchers).
     Persist(String),
+    /// Delete the finished job's record (retention).
+    Remove(String),
+    /// Store that this agent is drained.
+    PersistDrain(String),
     /// Send the job's current attempt to the agent.
     Assign { agent_id: String, job_id: String },
     /// Tell the agent to stop an attempt.
     Cancel { agent_id: String, job_id: String, attempt: u32, reason: String },
     /// Tell the agent its finished report is safe; it may forget it.
     Ack { agent_id: String, job_id: String, attempt: u32 },
+    /// Tell the agent it is draining: finish what it runs, expect nothing new.
+    Drain { agent_id: String },
+    /// End the agent's stream: its lease expired, it must say hello again.
+    Expel { agent_id: String, reason: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -41,7 +133,10 @@ pub struct AgentEntry {
     pub labels: HashMap<String, String>,
     pub capabilities: Capabilities,
     pub connected: bool,
+    /// Drained by an operator (durable): no new work.
     pub draining: bool,
+    /// Stopping on its own (SIGTERM): no new work.
+    pub leaving: bool,
     /// Jobs whose current attempt this agent holds.
     pub running: HashSet<String>,
     pub last_seen: Instant,
@@ -50,12 +145,45 @@ pub struct AgentEntry {
 }
 
 impl AgentEntry {
-    fn free_slots(&self) -> u32 {
-        if !self.connected || self.draining {
+    fn unknown(id: &str, now_instant: Instant) -> Self {
+        Self {
+            id: id.to_string(),
+            slots: 0,
+            labels: HashMap::new(),
+            capabilities: Capabilities::default(),
+            connected: false,
+            draining: false,
+            leaving: false,
+            running: HashSet::new(),
+            last_seen: now_instant,
+            connected_at: Default::default(),
+            last_heartbeat_at: Default::default(),
+        }
+    }
+
+    pub fn free_slots(&self) -> u32 {
+        if !self.connected || self.draining || self.leaving {
             return 0;
         }
         self.slots.saturating_sub(self.running.len() as u32)
     }
+
+    /// Why this agent cannot run jobs of this placement (ignoring free slots).
+    pub fn mismatch(&self, placement: &Placement) -> Option<String> {
+        placement.mismatch(&self.labels, &self.capabilities)
+    }
+}
+
+/// (priority, highest first; then submission order).
+type QueueKey = (Reverse<i32>, u64);
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Finished jobs older than this are removed.
+    pub max_age: Duration,
+    /// At most this many finished jobs are kept (the oldest go first).
+    pub max_jobs: usize,
 }
 
 #[derive(Default)]
@@ -63,53 +191,36 @@ pub struct State {
     jobs: HashMap<String, Job>,
     /// seq → id: listing order.
     by_seq: BTreeMap<u64, String>,
-    /// (priority desc, seq asc) → id: the queue.
-    queue: BTreeMap<(Reverse<i32>, u64), String>,
+    /// Queued jobs by placement: one queue per class of equally placeable jobs.
+    queues: HashMap<Placement, BTreeMap<QueueKey, String>>,
+    queued: usize,
+    /// Finished jobs by (finished_at, seq): what retention removes first.
+    finished: BTreeMap<(SystemTime, u64), String>,
     by_key: HashMap<String, String>,
     agents: HashMap<String, AgentEntry>,
+    /// Agents drained by an operator (durable, remembered across restarts).
+    drained: HashSet<String>,
     next_seq: u64,
 }
 
-/// Why this agent cannot run this spec (ignoring free slots), or `None` when it can.
-pub fn mismatch(spec: &JobSpec, agent: &AgentEntry) -> Option<String> {
-    let caps = &agent.capabilities;
-    let kind = spec.kind.as_ref().map(kind_name).unwrap_or("");
-    if !caps.job_kinds.iter().any(|k| k == kind) {
-        return Some(format!("job kind {kind} is not supported"));
-    }
-    if let Some(r) = &spec.requirements {
-        for (k, v) in &r.agent_labels {
-            if agent.labels.get(k) != Some(v) {
-                return Some(format!("label {k}={v} is required"));
-            }
-        }
-        if r.min_cpu_cores > caps.cpu_cores {
-            return Some(format!("{} CPU cores are required", r.min_cpu_cores));
-        }
-    }
-    baton_proto::spec::agent_mismatch(spec, caps)
+fn queue_key(job: &Job) -> QueueKey {
+    (Reverse(job.spec.as_ref().map(|s| s.priority).unwrap_or(0)), job.seq)
 }
 
-/// Jobs with equal classes match exactly the same agents.
-fn requirement_class(spec: &JobSpec) -> u64 {
-    let mut h = DefaultHasher::new();
-    spec.kind.as_ref().map(kind_name).hash(&mut h);
-    baton_proto::spec::needs(spec).hash(&mut h);
-    if let Some(r) = &spec.requirements {
-        let mut labels: Vec<_> = r.agent_labels.iter().collect();
-        labels.sort();
-        labels.hash(&mut h);
-        r.min_cpu_cores.hash(&mut h);
-    }
-    h.finish()
+fn finished_key(job: &Job) -> (SystemTime, u64) {
+    (job.finished_at.as_ref().map(to_system_time).unwrap_or(SystemTime::UNIX_EPOCH), job.seq)
+}
+
+fn placement(job: &Job) -> Placement {
+    job.spec.as_ref().map(Placement::of).unwrap_or_default()
 }
 
 impl State {
     /// Rebuilds the state from stored records. Jobs that were assigned or running stay
     /// with their agent until it reconnects or its lease (counted from `now`) expires.
-    pub fn restore(mut jobs: Vec<Job>, now_instant: Instant) -> Self {
+    pub fn restore(mut jobs: Vec<Job>, drained: Vec<String>, now_instant: Instant) -> Self {
         jobs.sort_by_key(|j| j.seq);
-        let mut state = State::default();
+        let mut state = State { drained: drained.into_iter().collect(), ..Default::default() };
         for job in jobs {
             state.next_seq = state.next_seq.max(job.seq + 1);
             let id = job.id.clone();
@@ -118,29 +229,38 @@ impl State {
             }
             state.by_seq.insert(job.seq, id.clone());
             match job.state() {
-                JobState::Queued => {
-                    state.queue.insert(queue_key(&job), id.clone());
-                }
+                JobState::Queued => state.enqueue(&job),
                 JobState::Assigned | JobState::Running => {
-                    let agent = state.agents.entry(job.agent_id.clone()).or_insert_with(|| AgentEntry {
-                        id: job.agent_id.clone(),
-                        slots: 0,
-                        labels: HashMap::new(),
-                        capabilities: Capabilities::default(),
-                        connected: false,
-                        draining: false,
-                        running: HashSet::new(),
-                        last_seen: now_instant,
-                        connected_at: Default::default(),
-                        last_heartbeat_at: Default::default(),
-                    });
+                    let agent = state
+                        .agents
+                        .entry(job.agent_id.clone())
+                        .or_insert_with(|| AgentEntry::unknown(&job.agent_id, now_instant));
                     agent.running.insert(id.clone());
                 }
-                _ => {}
+                _ => {
+                    state.finished.insert(finished_key(&job), id.clone());
+                }
             }
             state.jobs.insert(id, job);
         }
         state
+    }
+
+    fn enqueue(&mut self, job: &Job) {
+        self.queues.entry(placement(job)).or_default().insert(queue_key(job), job.id.clone());
+        self.queued += 1;
+    }
+
+    fn dequeue(&mut self, job: &Job) {
+        let class = placement(job);
+        if let Some(queue) = self.queues.get_mut(&class) {
+            if queue.remove(&queue_key(job)).is_some() {
+                self.queued -= 1;
+            }
+            if queue.is_empty() {
+                self.queues.remove(&class);
+            }
+        }
     }
 
     pub fn job(&self, id: &str) -> Option<&Job> {
@@ -149,6 +269,14 @@ impl State {
 
     pub fn job_by_key(&self, key: &str) -> Option<&Job> {
         self.by_key.get(key).and_then(|id| self.jobs.get(id))
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn queued_count(&self) -> usize {
+        self.queued
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &AgentEntry> {
@@ -167,14 +295,14 @@ impl State {
 
     /// Why a queued job waits, when no connected agent could ever run it.
     pub fn unschedulable_reason(&self, job: &Job) -> Option<String> {
-        let spec = job.spec.as_ref()?;
+        let placement = placement(job);
         let connected: Vec<_> = self.agents.values().filter(|a| a.connected).collect();
         if connected.is_empty() {
             return Some("no agent is connected".into());
         }
         let mut reasons = Vec::new();
         for agent in connected {
-            match mismatch(spec, agent) {
+            match agent.mismatch(&placement) {
                 None => return None,
                 Some(r) => reasons.push(r),
             }
@@ -210,100 +338,137 @@ impl State {
             self.by_key.insert(key, id.clone());
         }
         self.by_seq.insert(seq, id.clone());
-        self.queue.insert(queue_key(&job), id.clone());
+        self.enqueue(&job);
         self.jobs.insert(id.clone(), job);
         vec![Action::Persist(id)]
     }
 
-    /// Places queued jobs on agents with free slots: priority, then FIFO; a job no free
-    /// agent can take never holds back one that can.
+    /// Places queued jobs on agents with free slots: priority, then FIFO across all
+    /// classes; a class no free agent fits never holds back one that fits. A pass looks
+    /// at each class's head only: O(classes × agents) per placed job, whatever the queue.
     pub fn schedule(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
-        let mut free: u32 = self.agents.values().map(AgentEntry::free_slots).sum();
-        if free == 0 || self.queue.is_empty() {
+        if self.queued == 0 {
             return actions;
         }
-        let mut blocked_classes = HashSet::new();
-        let mut placed = Vec::new();
-        for (key, id) in &self.queue {
-            if free == 0 {
-                break;
+        let mut free: HashMap<String, u32> =
+            self.agents.values().filter(|a| a.free_slots() > 0).map(|a| (a.id.clone(), a.free_slots())).collect();
+        if free.is_empty() {
+            return actions;
+        }
+        // The agents each class fits, worked out once per pass.
+        let mut fitting: HashMap<Placement, Vec<String>> = HashMap::new();
+        loop {
+            let mut best: Option<(QueueKey, Placement, String, String)> = None;
+            for (class, queue) in &self.queues {
+                let Some((key, job_id)) = queue.first_key_value() else { continue };
+                if best.as_ref().is_some_and(|b| b.0 < *key) {
+                    continue;
+                }
+                let agents = fitting.entry(class.clone()).or_insert_with(|| {
+                    let mut ids: Vec<String> =
+                        free.keys().filter(|id| self.agents[*id].mismatch(class).is_none()).cloned().collect();
+                    ids.sort();
+                    ids
+                });
+                // Most free slots wins; ties go to the first id.
+                let agent = agents
+                    .iter()
+                    .filter(|id| free.get(*id).is_some_and(|n| *n > 0))
+                    .max_by(|a, b| free[*a].cmp(&free[*b]).then_with(|| b.cmp(a)));
+                if let Some(agent) = agent {
+                    best = Some((*key, class.clone(), job_id.clone(), agent.clone()));
+                }
             }
-            let Some(job) = self.jobs.get(id) else { continue };
-            let Some(spec) = job.spec.as_ref() else { continue };
-            let class = requirement_class(spec);
-            if blocked_classes.contains(&class) {
+            let Some((key, class, job_id, agent_id)) = best else { break };
+            if let Some(queue) = self.queues.get_mut(&class) {
+                queue.remove(&key);
+                if queue.is_empty() {
+                    self.queues.remove(&class);
+                }
+            }
+            self.queued -= 1;
+            if let Some(n) = free.get_mut(&agent_id) {
+                *n -= 1;
+            }
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            if apply(job, Event::Assign { agent_id: agent_id.clone() }).is_err() {
                 continue;
             }
-            let best = self
-                .agents
-                .values()
-                .filter(|a| a.free_slots() > 0 && mismatch(spec, a).is_none())
-                .max_by(|a, b| a.free_slots().cmp(&b.free_slots()).then_with(|| b.id.cmp(&a.id)))
-                .map(|a| a.id.clone());
-            match best {
-                None => {
-                    blocked_classes.insert(class);
-                }
-                Some(agent_id) => {
-                    if let Some(agent) = self.agents.get_mut(&agent_id) {
-                        agent.running.insert(id.clone());
-                    }
-                    free -= 1;
-                    placed.push((*key, id.clone(), agent_id));
-                }
+            if let Some(agent) = self.agents.get_mut(&agent_id) {
+                agent.running.insert(job_id.clone());
             }
-        }
-        for (key, id, agent_id) in placed {
-            self.queue.remove(&key);
-            if let Some(job) = self.jobs.get_mut(&id) {
-                job.state = JobState::Assigned as i32;
-                job.attempt += 1;
-                job.agent_id = agent_id.clone();
-                job.reason.clear();
-                job.progress = None;
-            }
-            actions.push(Action::Persist(id.clone()));
-            actions.push(Action::Assign { agent_id, job_id: id });
+            actions.push(Action::Persist(job_id.clone()));
+            actions.push(Action::Assign { agent_id, job_id });
         }
         actions
     }
 
-    /// An agent (re)connected. Reports it finished while away are applied first; then
-    /// attempts we think it holds but it does not are lost, and attempts it holds that
-    /// are no longer current are cancelled.
+    /// The job whose current attempt this is, if the agent owns it: the job is ASSIGNED
+    /// or RUNNING, on this attempt, on this agent.
+    fn owned(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Option<&mut Job> {
+        self.jobs.get_mut(job_id).filter(|j| {
+            matches!(j.state(), JobState::Assigned | JobState::Running)
+                && j.attempt == attempt
+                && j.agent_id == agent_id
+        })
+    }
+
+    /// An agent said hello (first time, or again after a reconnect or an expired lease).
+    /// Attempts it still runs stay with it (and are RUNNING); attempts it finished stay
+    /// until their reports, which follow the hello, arrive; attempts we think it holds
+    /// but it does not are lost; attempts it holds that are no longer current are
+    /// cancelled. Cancels and a drain it missed are sent again.
     pub fn hello(&mut self, hello: &Hello, now_instant: Instant) -> Vec<Action> {
         let id = hello.agent_id.clone();
         let previous = self.agents.remove(&id);
         let mut entry = AgentEntry {
-            id: id.clone(),
             slots: hello.slots,
             labels: hello.labels.clone(),
             capabilities: hello.capabilities.clone().unwrap_or_default(),
             connected: true,
-            draining: previous.as_ref().is_some_and(|p| p.draining),
+            draining: self.drained.contains(&id),
+            leaving: hello.leaving,
             running: previous.map(|p| p.running).unwrap_or_default(),
             last_seen: now_instant,
             connected_at: now(),
             last_heartbeat_at: now(),
+            ..AgentEntry::unknown(&id, now_instant)
         };
-        let held: HashMap<&str, u32> = hello.running.iter().map(|r| (r.job_id.as_str(), r.attempt)).collect();
+        let finished: HashSet<(&str, u32)> = hello.finished.iter().map(|f| (f.job_id.as_str(), f.attempt)).collect();
         let mut actions = Vec::new();
         let mut lost = Vec::new();
-        entry.running.retain(|job_id| {
-            let current = self.jobs.get(job_id).map(|j| j.attempt);
-            let finished_while_away = hello.finished.iter().any(|f| &f.job_id == job_id && Some(f.attempt) == current);
-            let still_held = current.is_some() && held.get(job_id.as_str()).copied() == current;
-            if !still_held && !finished_while_away {
-                lost.push(job_id.clone());
+        let mut kept = HashSet::new();
+        for job_id in std::mem::take(&mut entry.running) {
+            let Some(job) = self.jobs.get(&job_id) else { continue };
+            let attempt = job.attempt;
+            if let Some(held) = hello.running.iter().find(|r| r.job_id == job_id && r.attempt == attempt) {
+                let cancel_requested = job.cancel_requested;
+                let started_at = held.started_at.unwrap_or_else(now);
+                if let Some(job) = self.owned(&id, &job_id, attempt)
+                    && job.state() == JobState::Assigned
+                    && apply(job, Event::Start { at: started_at }).is_ok()
+                {
+                    actions.push(Action::Persist(job_id.clone()));
+                }
+                if cancel_requested {
+                    actions.push(Action::Cancel {
+                        agent_id: id.clone(),
+                        job_id: job_id.clone(),
+                        attempt,
+                        reason: "cancelled by request".into(),
+                    });
+                }
+                kept.insert(job_id);
+            } else if finished.contains(&(job_id.as_str(), attempt)) {
+                kept.insert(job_id);
+            } else {
+                lost.push(job_id);
             }
-            still_held || finished_while_away
-        });
+        }
+        entry.running = kept;
         for r in &hello.running {
-            let current = self.jobs.get(&r.job_id);
-            let is_current =
-                current.is_some_and(|j| j.attempt == r.attempt && j.agent_id == id && !j.state().is_terminal());
-            if !is_current {
+            if self.owned(&id, &r.job_id, r.attempt).is_none() {
                 actions.push(Action::Cancel {
                     agent_id: id.clone(),
                     job_id: r.job_id.clone(),
@@ -312,12 +477,17 @@ impl State {
                 });
             }
         }
-        self.agents.insert(id.clone(), entry);
-        for f in &hello.finished {
-            actions.extend(self.finished(&id, f));
+        if entry.draining {
+            actions.push(Action::Drain { agent_id: id.clone() });
         }
+        self.agents.insert(id.clone(), entry);
+        lost.sort_by_key(|job_id| self.jobs.get(job_id).map(|j| j.seq));
         for job_id in lost {
-            actions.extend(self.lose_attempt(&job_id, &format!("agent lost: {id} restarted without it")));
+            actions.extend(self.retry_or_fail(
+                &job_id,
+                &format!("agent lost: {id} came back without it"),
+                "agent lost",
+            ));
         }
         actions
     }
@@ -330,37 +500,37 @@ impl State {
         }
     }
 
+    /// The agent's stream ended. A leaving agent with nothing left is forgotten; any
+    /// other keeps its attempts until it says hello again or its lease expires.
     pub fn disconnected(&mut self, agent_id: &str) {
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.connected = false;
+            if a.leaving && a.running.is_empty() {
+                self.agents.remove(agent_id);
+            }
         }
     }
 
-    fn current_attempt(&self, agent_id: &str, job_id: &str, attempt: u32) -> bool {
-        self.jobs
-            .get(job_id)
-            .is_some_and(|j| j.attempt == attempt && j.agent_id == agent_id && !j.state().is_terminal())
+    /// The agent is stopping: it gets no new work.
+    pub fn leaving(&mut self, agent_id: &str) {
+        if let Some(a) = self.agents.get_mut(agent_id) {
+            a.leaving = true;
+        }
     }
 
     pub fn started(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Vec<Action> {
-        if !self.current_attempt(agent_id, job_id, attempt) {
-            return Vec::new();
+        match self.owned(agent_id, job_id, attempt) {
+            Some(job) if job.state() == JobState::Assigned => match apply(job, Event::Start { at: now() }) {
+                Ok(()) => vec![Action::Persist(job_id.to_string())],
+                Err(_) => Vec::new(),
+            },
+            _ => Vec::new(),
         }
-        let Some(job) = self.jobs.get_mut(job_id) else { return Vec::new() };
-        if job.state() != JobState::Assigned {
-            return Vec::new();
-        }
-        job.state = JobState::Running as i32;
-        job.started_at = Some(now());
-        vec![Action::Persist(job_id.to_string())]
     }
 
     /// Returns true when the progress was applied (the caller tells watchers).
     pub fn progress(&mut self, agent_id: &str, job_id: &str, attempt: u32, progress: Progress) -> bool {
-        if !self.current_attempt(agent_id, job_id, attempt) {
-            return false;
-        }
-        match self.jobs.get_mut(job_id) {
+        match self.owned(agent_id, job_id, attempt) {
             Some(job) => {
                 job.progress = Some(progress);
                 true
@@ -369,65 +539,84 @@ impl State {
         }
     }
 
-    pub fn finished(&mut self, agent_id: &str, report: &JobFinished) -> Vec<Action> {
-        let ack =
-            Action::Ack { agent_id: agent_id.to_string(), job_id: report.job_id.clone(), attempt: report.attempt };
-        if !self.current_attempt(agent_id, &report.job_id, report.attempt) {
+    pub fn finished(&mut self, agent_id: &str, report: JobFinished) -> Vec<Action> {
+        let JobFinished { job_id, attempt, result, outcome } = report;
+        let ack = Action::Ack { agent_id: agent_id.to_string(), job_id: job_id.clone(), attempt };
+        if self.owned(agent_id, &job_id, attempt).is_none() {
             // A duplicate of an applied report, or a stale attempt: nothing to apply, but
             // the agent may forget it.
             return vec![ack];
         }
         if let Some(a) = self.agents.get_mut(agent_id) {
-            a.running.remove(&report.job_id);
+            a.running.remove(&job_id);
         }
-        let (state, reason) = match &report.outcome {
-            Some(job_finished::Outcome::TimedOut(reason)) => {
-                let mut actions = self.retry_or_fail(&report.job_id, reason, reason);
+        use job_finished::Outcome;
+        let (state, reason) = match outcome {
+            Some(Outcome::TimedOut(reason)) => {
+                let mut actions = self.retry_or_fail(&job_id, &reason, &reason);
+                actions.push(ack);
+                return actions;
+            }
+            Some(Outcome::HandedBack(reason)) => {
+                let mut actions = self.retry_or_fail(&job_id, &format!("handed back: {reason}"), "handed back");
                 actions.push(ack);
                 return actions;
             }
             None => (JobState::Succeeded, String::new()),
-            Some(job_finished::Outcome::Failure(reason)) => (JobState::Failed, reason.clone()),
-            Some(job_finished::Outcome::Cancelled(reason)) => (JobState::Cancelled, reason.clone()),
+            Some(Outcome::Failure(reason)) => (JobState::Failed, reason),
+            Some(Outcome::Cancelled(reason)) => (JobState::Cancelled, reason),
         };
-        let Some(job) = self.jobs.get_mut(&report.job_id) else { return vec![ack] };
-        job.result = report.result.clone();
-        finish(job, state, reason);
-        vec![Action::Persist(report.job_id.clone()), ack]
+        let mut actions = self.settle(&job_id, Event::Finish { state, reason, result });
+        actions.push(ack);
+        actions
     }
 
-    /// The attempt is gone with its agent: retry while attempts remain.
-    fn lose_attempt(&mut self, job_id: &str, reason: &str) -> Vec<Action> {
-        self.retry_or_fail(job_id, reason, "agent lost")
-    }
-
-    fn retry_or_fail(&mut self, job_id: &str, retry_reason: &str, final_reason: &str) -> Vec<Action> {
+    /// Applies an event that may settle the job; keeps the queue and the retention index
+    /// in step with the job's new state.
+    fn settle(&mut self, job_id: &str, event: Event) -> Vec<Action> {
         let Some(job) = self.jobs.get_mut(job_id) else { return Vec::new() };
-        if job.state().is_terminal() {
+        let was_queued = job.state() == JobState::Queued;
+        if let Err(e) = apply(job, event) {
+            tracing::warn!(job_id, error = %e, "event refused by the job lifecycle");
             return Vec::new();
         }
+        let job = job.clone();
+        if was_queued {
+            self.dequeue(&job);
+        }
+        match job.state() {
+            JobState::Queued => self.enqueue(&job),
+            s if s.is_terminal() => {
+                self.finished.insert(finished_key(&job), job.id.clone());
+            }
+            _ => {}
+        }
+        vec![Action::Persist(job_id.to_string())]
+    }
+
+    /// The current attempt ended without settling the job: retry while attempts remain,
+    /// else fail; a job whose cancel was asked for is cancelled instead.
+    fn retry_or_fail(&mut self, job_id: &str, retry_reason: &str, final_reason: &str) -> Vec<Action> {
+        let Some(job) = self.jobs.get(job_id) else { return Vec::new() };
         let max = job.spec.as_ref().map(|s| s.max_attempts).unwrap_or(1);
-        if job.cancel_requested {
-            finish(job, JobState::Cancelled, "cancelled".into());
+        let event = if job.cancel_requested {
+            Event::Finish { state: JobState::Cancelled, reason: "cancelled by request".into(), result: None }
         } else if job.attempt < max {
-            job.state = JobState::Queued as i32;
-            job.reason = format!("{retry_reason}; retrying (attempt {} of {max} done)", job.attempt);
-            job.started_at = None;
-            job.progress = None;
-            self.queue.insert(queue_key(job), job_id.to_string());
+            Event::Retry { reason: format!("{retry_reason}; retrying (attempt {} of {max} done)", job.attempt) }
         } else {
             let reason = if final_reason == retry_reason {
                 format!("{final_reason} (attempt {} of {max})", job.attempt)
             } else {
                 format!("{final_reason}: {retry_reason} (attempt {} of {max})", job.attempt)
             };
-            finish(job, JobState::Failed, reason);
-        }
-        vec![Action::Persist(job_id.to_string())]
+            Event::Finish { state: JobState::Failed, reason, result: None }
+        };
+        self.settle(job_id, event)
     }
 
-    /// Agents whose lease ran out are removed and their attempts lost; attempts past
-    /// their deadline by more than `grace` are cancelled and retried or failed.
+    /// Agents whose lease ran out are expelled and their attempts lost; attempts past
+    /// their deadline (counted from assignment, plus the lease for the report to come
+    /// back) are cancelled and retried or failed. Costs O(agents + running attempts).
     pub fn expire(&mut self, now_instant: Instant, lease: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
         let expired: Vec<String> = self
@@ -437,79 +626,101 @@ impl State {
             .map(|a| a.id.clone())
             .collect();
         for agent_id in expired {
-            if let Some(agent) = self.agents.remove(&agent_id) {
-                let mut running: Vec<_> = agent.running.into_iter().collect();
-                running.sort_by_key(|id| self.jobs.get(id).map(|j| j.seq));
-                for job_id in running {
-                    actions.extend(self.lose_attempt(&job_id, &format!("agent lost: {agent_id} stopped responding")));
+            let Some(agent) = self.agents.remove(&agent_id) else { continue };
+            if agent.connected {
+                let reason = format!("lease expired: nothing heard for over {}", humantime::format_duration(lease));
+                actions.push(Action::Expel { agent_id: agent_id.clone(), reason });
+            }
+            let mut running: Vec<_> = agent.running.into_iter().collect();
+            running.sort_by_key(|id| self.jobs.get(id).map(|j| j.seq));
+            for job_id in running {
+                let reason = format!("agent lost: {agent_id} stopped responding");
+                actions.extend(self.retry_or_fail(&job_id, &reason, "agent lost"));
+            }
+        }
+        let wall_now = SystemTime::now();
+        let mut overdue: Vec<(String, String, u32, Duration)> = Vec::new();
+        for agent in self.agents.values() {
+            for id in &agent.running {
+                let Some(job) = self.jobs.get(id) else { continue };
+                let (Some(assigned), Some(timeout)) =
+                    (job.assigned_at.as_ref(), job.spec.as_ref().and_then(|s| s.timeout.as_ref()))
+                else {
+                    continue;
+                };
+                let timeout = to_duration(timeout);
+                if wall_now.duration_since(to_system_time(assigned)).unwrap_or_default() > timeout + lease {
+                    overdue.push((agent.id.clone(), id.clone(), job.attempt, timeout));
                 }
             }
         }
-        let wall_now = std::time::SystemTime::now();
-        let overdue: Vec<(String, String, u32, Duration)> = self
-            .agents
-            .values()
-            .flat_map(|a| a.running.iter().map(move |id| (a.id.clone(), id.clone())))
-            .filter_map(|(agent_id, id)| {
-                let job = self.jobs.get(&id)?;
-                let started = baton_proto::job::to_system_time(job.started_at.as_ref()?);
-                let timeout = to_duration(job.spec.as_ref()?.timeout.as_ref()?);
-                let elapsed = wall_now.duration_since(started).unwrap_or_default();
-                (elapsed > timeout + lease).then_some((agent_id, id, job.attempt, timeout))
-            })
-            .collect();
         for (agent_id, job_id, attempt, timeout) in overdue {
             if let Some(a) = self.agents.get_mut(&agent_id) {
                 a.running.remove(&job_id);
             }
-            let reason = format!("timed out after {}s", timeout.as_secs_f64());
+            let reason = timed_out_reason(timeout);
             actions.push(Action::Cancel { agent_id, job_id: job_id.clone(), attempt, reason: reason.clone() });
             actions.extend(self.retry_or_fail(&job_id, &reason, &reason));
         }
         actions
     }
 
-    /// Cancels a job: a queued one at once, a running one through its agent.
+    /// Removes finished jobs past the retention, oldest first, at most `limit` per call.
+    pub fn expire_finished(&mut self, retention: Retention, wall_now: SystemTime, limit: usize) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while actions.len() < limit {
+            let Some(((finished_at, _), _)) = self.finished.first_key_value() else { break };
+            let too_old = wall_now.duration_since(*finished_at).unwrap_or_default() > retention.max_age;
+            if !too_old && self.finished.len() <= retention.max_jobs {
+                break;
+            }
+            let Some((_, id)) = self.finished.pop_first() else { break };
+            if let Some(job) = self.jobs.remove(&id) {
+                self.by_seq.remove(&job.seq);
+                if !job.idempotency_key.is_empty() {
+                    self.by_key.remove(&job.idempotency_key);
+                }
+            }
+            actions.push(Action::Remove(id));
+        }
+        actions
+    }
+
+    /// Cancels a job: a queued one at once, a running one through its agent (the request
+    /// is stored, and sent again whenever the agent says hello).
     pub fn cancel(&mut self, job_id: &str, reason: &str) -> Result<Vec<Action>, StateError> {
         let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::JobNotFound(job_id.to_string()))?;
         let reason = if reason.is_empty() { "cancelled by request".to_string() } else { reason.to_string() };
         match job.state() {
             JobState::Queued => {
-                self.queue.remove(&queue_key(job));
-                finish(job, JobState::Cancelled, reason);
-                Ok(vec![Action::Persist(job_id.to_string())])
+                Ok(self.settle(job_id, Event::Finish { state: JobState::Cancelled, reason, result: None }))
             }
-            JobState::Assigned | JobState::Running if !job.cancel_requested => {
-                job.cancel_requested = true;
-                Ok(vec![
-                    Action::Persist(job_id.to_string()),
-                    Action::Cancel {
-                        agent_id: job.agent_id.clone(),
-                        job_id: job_id.to_string(),
-                        attempt: job.attempt,
-                        reason,
-                    },
-                ])
+            JobState::Assigned | JobState::Running => {
+                let mut actions = Vec::new();
+                if !job.cancel_requested {
+                    job.cancel_requested = true;
+                    actions.push(Action::Persist(job_id.to_string()));
+                }
+                actions.push(Action::Cancel {
+                    agent_id: job.agent_id.clone(),
+                    job_id: job_id.to_string(),
+                    attempt: job.attempt,
+                    reason,
+                });
+                Ok(actions)
             }
             _ => Ok(Vec::new()),
         }
     }
 
-    pub fn drain(&mut self, agent_id: &str) -> Result<(), StateError> {
+    /// Drains an agent for good (until the coordinator's store is wiped): it finishes what
+    /// it runs and gets nothing new, across reconnects and coordinator restarts.
+    pub fn drain(&mut self, agent_id: &str) -> Result<Vec<Action>, StateError> {
         let agent = self.agents.get_mut(agent_id).ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))?;
         agent.draining = true;
-        Ok(())
+        self.drained.insert(agent_id.to_string());
+        Ok(vec![Action::PersistDrain(agent_id.to_string()), Action::Drain { agent_id: agent_id.to_string() }])
     }
-}
-
-fn queue_key(job: &Job) -> (Reverse<i32>, u64) {
-    (Reverse(job.spec.as_ref().map(|s| s.priority).unwrap_or(0)), job.seq)
-}
-
-fn finish(job: &mut Job, state: JobState, reason: String) {
-    job.state = state as i32;
-    job.reason = reason;
-    job.finished_at = Some(now());
 }
 
 #[cfg(test)]
@@ -517,16 +728,17 @@ mod tests {
     use super::*;
     use baton_proto::v1::{AttemptRef, JobResult, NoopResult, Requirements, SleepSpec, job_result, job_spec};
 
-    fn spec(priority: i32) -> JobSpec {
+    pub(crate) fn spec(priority: i32) -> JobSpec {
         JobSpec {
             priority,
             max_attempts: 2,
+            timeout: Some(baton_proto::job::from_duration(Duration::from_secs(60))),
             kind: Some(job_spec::Kind::Sleep(SleepSpec { duration_ms: 1, fail: false })),
             ..Default::default()
         }
     }
 
-    fn hello(id: &str, slots: u32, labels: &[(&str, &str)]) -> Hello {
+    pub(crate) fn hello(id: &str, slots: u32, labels: &[(&str, &str)]) -> Hello {
         Hello {
             agent_id: id.into(),
             slots,
@@ -554,17 +766,27 @@ mod tests {
         state.submit(id.into(), spec, String::new(), String::new(), String::new());
     }
 
+    fn report(id: &str, attempt: u32, outcome: Option<job_finished::Outcome>) -> JobFinished {
+        let result = Some(JobResult { kind: Some(job_result::Kind::Noop(NoopResult {})) });
+        JobFinished { job_id: id.into(), attempt, result, outcome }
+    }
+
     fn succeed(state: &mut State, agent: &str, id: &str) -> Vec<Action> {
         let attempt = state.job(id).unwrap().attempt;
-        state.finished(
-            agent,
-            &JobFinished {
-                job_id: id.into(),
-                attempt,
-                result: Some(JobResult { kind: Some(job_result::Kind::Noop(NoopResult {})) }),
-                outcome: None,
-            },
-        )
+        state.finished(agent, report(id, attempt, None))
+    }
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        use JobState::*;
+        for from in [Succeeded, Failed, Cancelled] {
+            for to in [Queued, Assigned, Running, Succeeded, Failed, Cancelled] {
+                assert!(!is_legal(from, to), "{from:?} -> {to:?}");
+            }
+        }
+        let mut job = Job { state: Succeeded as i32, attempt: 1, ..Default::default() };
+        assert_eq!(apply(&mut job, Event::Retry { reason: "x".into() }), Err(Illegal { from: Succeeded, to: Queued }));
+        assert_eq!(job.state(), Succeeded);
     }
 
     #[test]
@@ -577,6 +799,22 @@ mod tests {
         assert_eq!(assigned(&s.schedule()), [("a".into(), "high".into())]);
         succeed(&mut s, "a", "high");
         assert_eq!(assigned(&s.schedule()), [("a".into(), "low1".into())]);
+    }
+
+    #[test]
+    fn priority_then_fifo_across_classes() {
+        let mut s = State::default();
+        let labelled = |p| JobSpec {
+            requirements: Some(Requirements { agent_labels: [("zone".into(), "eu".into())].into(), min_cpu_cores: 0 }),
+            ..spec(p)
+        };
+        submit(&mut s, "plain-old", spec(0));
+        submit(&mut s, "eu-new", labelled(0));
+        submit(&mut s, "eu-urgent", labelled(9));
+        s.hello(&hello("a", 1, &[("zone", "eu")]), Instant::now());
+        assert_eq!(assigned(&s.schedule()), [("a".into(), "eu-urgent".into())]);
+        succeed(&mut s, "a", "eu-urgent");
+        assert_eq!(assigned(&s.schedule()), [("a".into(), "plain-old".into())]);
     }
 
     #[test]
@@ -604,31 +842,56 @@ mod tests {
         s.hello(&hello("b", 1, &[]), Instant::now());
         assert_eq!(assigned(&s.schedule()).len(), 3);
         assert!(assigned(&s.schedule()).is_empty());
+        assert_eq!(s.queued_count(), 2);
     }
 
+    /// Issue 8: a late report of the old owner was applied to a queued job, and the job
+    /// then ran and succeeded a second time.
     #[test]
-    fn stale_reports_are_fenced() {
+    fn a_late_report_of_a_lost_attempt_is_only_acknowledged() {
         let mut s = State::default();
         submit(&mut s, "j", spec(0));
         let t0 = Instant::now();
         s.hello(&hello("a", 1, &[]), t0);
         s.schedule();
-        // a goes silent; its attempt is lost and the job goes to b.
+        // a goes silent past its lease: it is expelled and the attempt goes back to the queue.
         let actions = s.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
-        assert_eq!(actions, [Action::Persist("j".into())]);
+        assert!(actions.contains(&Action::Expel {
+            agent_id: "a".into(),
+            reason: "lease expired: nothing heard for over 10s".into()
+        }));
         assert_eq!(s.job("j").unwrap().state(), JobState::Queued);
+        // Its late success for attempt 1 is acknowledged, not applied, while queued...
+        let ack = Action::Ack { agent_id: "a".into(), job_id: "j".into(), attempt: 1 };
+        assert_eq!(s.finished("a", report("j", 1, None)), [ack.clone()]);
+        assert_eq!(s.job("j").unwrap().state(), JobState::Queued);
+        // ...and once attempt 2 runs elsewhere.
         s.hello(&hello("b", 1, &[]), t0 + Duration::from_secs(11));
         assert_eq!(assigned(&s.schedule()), [("b".into(), "j".into())]);
-        // a's late report for attempt 1 is acknowledged but not applied.
-        let late = JobFinished {
-            job_id: "j".into(),
-            attempt: 1,
-            result: None,
-            outcome: Some(job_finished::Outcome::Failure("x".into())),
-        };
-        assert_eq!(s.finished("a", &late), [Action::Ack { agent_id: "a".into(), job_id: "j".into(), attempt: 1 }]);
+        assert_eq!(s.finished("a", report("j", 1, None)), [ack]);
         assert_eq!(s.job("j").unwrap().state(), JobState::Assigned);
-        assert_eq!(s.job("j").unwrap().attempt, 2);
+        succeed(&mut s, "b", "j");
+        assert_eq!(s.job("j").unwrap().state(), JobState::Succeeded);
+        assert!(s.schedule().is_empty(), "a finished job is never scheduled again");
+    }
+
+    /// Issue 8: the resumed agent stayed connected but vanished for good (a ghost).
+    #[test]
+    fn an_expelled_agent_says_hello_again_and_gets_work() {
+        let mut s = State::default();
+        submit(&mut s, "j", spec(0));
+        let t0 = Instant::now();
+        s.hello(&hello("a", 1, &[]), t0);
+        s.schedule();
+        s.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
+        assert!(s.agent("a").is_none());
+        let mut again = hello("a", 1, &[]);
+        again.running = vec![AttemptRef { job_id: "j".into(), attempt: 1, started_at: None }];
+        let actions = s.hello(&again, t0 + Duration::from_secs(12));
+        assert!(actions.iter().any(
+            |a| matches!(a, Action::Cancel { attempt: 1, reason, .. } if reason == "attempt is no longer current")
+        ));
+        assert!(s.agent("a").unwrap().connected);
     }
 
     #[test]
@@ -645,18 +908,24 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_keeps_held_attempts_and_loses_the_rest() {
+    fn reconnect_keeps_held_and_reported_attempts_and_loses_the_rest() {
         let mut s = State::default();
-        submit(&mut s, "kept", spec(0));
-        submit(&mut s, "dropped", spec(0));
+        for id in ["kept", "reported", "dropped"] {
+            submit(&mut s, id, spec(0));
+        }
         let t0 = Instant::now();
-        s.hello(&hello("a", 2, &[]), t0);
+        s.hello(&hello("a", 3, &[]), t0);
         s.schedule();
-        let mut again = hello("a", 2, &[]);
-        again.running = vec![AttemptRef { job_id: "kept".into(), attempt: 1 }];
+        let mut again = hello("a", 3, &[]);
+        // The Started report was lost in the reconnect: the hello says it runs.
+        again.running = vec![AttemptRef { job_id: "kept".into(), attempt: 1, started_at: Some(now()) }];
+        again.finished = vec![AttemptRef { job_id: "reported".into(), attempt: 1, started_at: None }];
         s.hello(&again, t0);
-        assert_eq!(s.job("kept").unwrap().state(), JobState::Assigned);
+        assert_eq!(s.job("kept").unwrap().state(), JobState::Running);
+        assert_eq!(s.job("reported").unwrap().state(), JobState::Assigned);
         assert_eq!(s.job("dropped").unwrap().state(), JobState::Queued);
+        succeed(&mut s, "a", "reported");
+        assert_eq!(s.job("reported").unwrap().state(), JobState::Succeeded);
     }
 
     #[test]
@@ -667,14 +936,14 @@ mod tests {
         s.schedule();
         let stored: Vec<Job> = vec![s.job("j").unwrap().clone()];
         let t0 = Instant::now();
-        let mut r = State::restore(stored, t0);
+        let mut r = State::restore(stored, Vec::new(), t0);
         assert!(r.expire(t0 + Duration::from_secs(5), Duration::from_secs(10)).is_empty());
         r.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
         assert_eq!(r.job("j").unwrap().state(), JobState::Queued);
     }
 
     #[test]
-    fn cancel_queued_at_once_running_through_agent() {
+    fn cancel_queued_at_once_running_through_agent_and_again_on_hello() {
         let mut s = State::default();
         submit(&mut s, "q", spec(0));
         submit(&mut s, "r", spec(9));
@@ -682,8 +951,74 @@ mod tests {
         s.schedule();
         s.cancel("q", "").unwrap();
         assert_eq!(s.job("q").unwrap().state(), JobState::Cancelled);
+        assert_eq!(s.queued_count(), 0);
         let actions = s.cancel("r", "enough").unwrap();
         assert!(matches!(&actions[1], Action::Cancel { reason, .. } if reason == "enough"));
         assert_eq!(s.cancel("nope", ""), Err(StateError::JobNotFound("nope".into())));
+        // The agent was away when the cancel went out: its hello gets it again.
+        s.disconnected("a");
+        let mut again = hello("a", 1, &[]);
+        again.running = vec![AttemptRef { job_id: "r".into(), attempt: 1, started_at: None }];
+        let actions = s.hello(&again, Instant::now());
+        assert!(actions.iter().any(|a| matches!(a, Action::Cancel { job_id, attempt: 1, .. } if job_id == "r")));
+        let cancelled = report("r", 1, Some(job_finished::Outcome::Cancelled("enough".into())));
+        s.finished("a", cancelled);
+        assert_eq!(s.job("r").unwrap().state(), JobState::Cancelled);
+    }
+
+    #[test]
+    fn the_deadline_covers_an_attempt_that_never_started() {
+        let mut s = State::default();
+        let short = JobSpec { timeout: Some(baton_proto::job::from_duration(Duration::from_millis(1))), ..spec(0) };
+        submit(&mut s, "j", short);
+        let t0 = Instant::now();
+        s.hello(&hello("a", 1, &[]), t0);
+        s.schedule();
+        std::thread::sleep(Duration::from_millis(20));
+        let actions = s.expire(t0, Duration::from_millis(5));
+        assert!(actions.iter().any(|a| matches!(a, Action::Cancel { reason, .. } if reason == "timed out after 1ms")));
+        let job = s.job("j").unwrap();
+        assert_eq!(
+            (job.state(), job.reason.as_str()),
+            (JobState::Queued, "timed out after 1ms; retrying (attempt 1 of 2 done)")
+        );
+    }
+
+    #[test]
+    fn a_handed_back_attempt_is_retried_and_drain_is_remembered() {
+        let mut s = State::default();
+        submit(&mut s, "j", spec(0));
+        s.hello(&hello("a", 1, &[]), Instant::now());
+        s.schedule();
+        s.leaving("a");
+        let back = report("j", 1, Some(job_finished::Outcome::HandedBack("agent stopping".into())));
+        s.finished("a", back);
+        assert_eq!(s.job("j").unwrap().state(), JobState::Queued);
+        assert!(s.schedule().is_empty(), "a leaving agent gets no work");
+        s.hello(&hello("b", 1, &[]), Instant::now());
+        assert_eq!(s.drain("b").unwrap()[0], Action::PersistDrain("b".into()));
+        assert!(s.schedule().is_empty(), "a drained agent gets no work");
+        let mut r = State::restore(vec![s.job("j").unwrap().clone()], vec!["b".into()], Instant::now());
+        let actions = r.hello(&hello("b", 1, &[]), Instant::now());
+        assert!(actions.contains(&Action::Drain { agent_id: "b".into() }));
+        assert!(r.schedule().is_empty(), "the drain outlives a restart");
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_finished_jobs() {
+        let mut s = State::default();
+        for i in 0..5 {
+            submit(&mut s, &format!("j{i}"), spec(0));
+            s.cancel(&format!("j{i}"), "").unwrap();
+        }
+        submit(&mut s, "open", spec(0));
+        let keep = Retention { max_age: Duration::from_secs(3600), max_jobs: 2 };
+        let removed = s.expire_finished(keep, SystemTime::now(), 100);
+        assert_eq!(removed, ["j0", "j1", "j2"].map(|id| Action::Remove(id.into())));
+        let old = Retention { max_age: Duration::ZERO, max_jobs: 100 };
+        let later = SystemTime::now() + Duration::from_secs(1);
+        assert_eq!(s.expire_finished(old, later, 1), [Action::Remove("j3".into())]);
+        assert_eq!(s.job_count(), 2, "j4 and the open job");
+        assert!(s.job("open").is_some());
     }
 }

@@ -6,7 +6,7 @@
 
 use baton_proto::v1::Job;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +23,33 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// What the store holds: job records and the agents an operator drained.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// In no particular order (the caller sorts by `seq`).
+    pub jobs: Vec<Job>,
+    pub drained_agents: Vec<String>,
+}
+
+/// One durable transaction's worth of changes.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Latest records to write.
+    pub jobs: Vec<Job>,
+    /// Job records to delete (retention).
+    pub removed: Vec<String>,
+    /// Agents drained since the last commit.
+    pub drained_agents: Vec<String>,
+}
+
 pub trait Store: Send + Sync + 'static {
-    /// Every job record, in no particular order (the caller sorts by `seq`).
-    fn load_jobs(&self) -> Result<Vec<Job>, StoreError>;
-    /// Writes the jobs' latest records in one durable transaction.
-    fn commit(&self, jobs: &[Job]) -> Result<(), StoreError>;
+    fn load(&self) -> Result<Stored, StoreError>;
+    /// Applies the whole change in one durable transaction.
+    fn commit(&self, change: &Commit) -> Result<(), StoreError>;
 }
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const DRAINED: TableDefinition<&str, ()> = TableDefinition::new("drained_agents");
 
 /// The embedded store: one redb file in the data directory.
 pub struct RedbStore {
@@ -45,34 +64,45 @@ impl RedbStore {
             Database::create(&path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(JOBS).map_err(io)?;
+        txn.open_table(DRAINED).map_err(io)?;
         txn.commit().map_err(io)?;
         Ok(Self { db })
     }
 }
 
 impl Store for RedbStore {
-    fn load_jobs(&self) -> Result<Vec<Job>, StoreError> {
+    fn load(&self) -> Result<Stored, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
         let table = txn.open_table(JOBS).map_err(io)?;
-        let mut jobs = Vec::new();
+        let mut stored = Stored { jobs: Vec::with_capacity(table.len().map_err(io)? as usize), ..Default::default() };
         for entry in table.iter().map_err(io)? {
             let (key, value) = entry.map_err(io)?;
             let job = Job::decode(value.value())
                 .map_err(|source| StoreError::Corrupt { id: key.value().to_string(), source })?;
-            jobs.push(job);
+            stored.jobs.push(job);
         }
-        Ok(jobs)
+        for entry in txn.open_table(DRAINED).map_err(io)?.iter().map_err(io)? {
+            stored.drained_agents.push(entry.map_err(io)?.0.value().to_string());
+        }
+        Ok(stored)
     }
 
-    fn commit(&self, jobs: &[Job]) -> Result<(), StoreError> {
+    fn commit(&self, change: &Commit) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(io)?;
         {
             let mut table = txn.open_table(JOBS).map_err(io)?;
             let mut buf = Vec::new();
-            for job in jobs {
+            for job in &change.jobs {
                 buf.clear();
                 job.encode(&mut buf).map_err(io)?;
                 table.insert(job.id.as_str(), buf.as_slice()).map_err(io)?;
+            }
+            for id in &change.removed {
+                table.remove(id.as_str()).map_err(io)?;
+            }
+            let mut drained = txn.open_table(DRAINED).map_err(io)?;
+            for id in &change.drained_agents {
+                drained.insert(id.as_str(), ()).map_err(io)?;
             }
         }
         txn.commit().map_err(io)
@@ -84,20 +114,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn committed_jobs_survive_reopen() {
+    fn committed_changes_survive_reopen() {
         let dir = std::env::temp_dir().join(format!("baton-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
             let store = RedbStore::open(&dir).unwrap();
             let a = Job { id: "a".into(), seq: 1, ..Default::default() };
             let b = Job { id: "b".into(), seq: 2, ..Default::default() };
-            store.commit(&[a, b.clone()]).unwrap();
-            store.commit(&[Job { attempt: 2, ..b }]).unwrap();
+            let c = Job { id: "c".into(), seq: 3, ..Default::default() };
+            store.commit(&Commit { jobs: vec![a, b.clone(), c], ..Default::default() }).unwrap();
+            let drained_agents = vec!["agent-1".to_string()];
+            let change = Commit { jobs: vec![Job { attempt: 2, ..b }], removed: vec!["c".into()], drained_agents };
+            store.commit(&change).unwrap();
         }
         let store = RedbStore::open(&dir).unwrap();
-        let mut jobs = store.load_jobs().unwrap();
+        let Stored { mut jobs, drained_agents } = store.load().unwrap();
         jobs.sort_by_key(|j| j.seq);
         assert_eq!(jobs.iter().map(|j| (j.id.as_str(), j.attempt)).collect::<Vec<_>>(), [("a", 0), ("b", 2)]);
+        assert_eq!(drained_agents, ["agent-1"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,3 +81,9 @@ pub fn to_duration(d: &pbjson_types::Duration) -> Duration {
 pub fn from_duration(d: Duration) -> pbjson_types::Duration {
     pbjson_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
+
+/// Why an attempt was stopped at its deadline: `timed out after 300ms`. The agent and
+/// the coordinator's backstop say it the same way.
+pub fn timed_out_reason(timeout: Duration) -> String {
+    format!("timed out after {}", humantime::format_duration(timeout))
+}

@@ -2,13 +2,15 @@
 //!
 //! Layout: [`v1`] holds the generated `baton.v1` messages and services (with proto3 JSON
 //! through serde), [`spec`] reads spec files and validates specs, [`job`] holds the
-//! small domain helpers every side shares (kind names, terminal states), [`stats`] the
+//! small domain helpers every side shares (kind names, terminal states), [`limits`] the
+//! message size limits both sides enforce, [`stats`] the
 //! percentile definition of every report, and
 //! [`context`] is what an engine receives when it runs a job; [`telemetry`] (feature
 //! `telemetry`) sets up logs and OTLP trace export for the binaries.
 
 pub mod context;
 pub mod job;
+pub mod limits;
 pub mod spec;
 pub mod stats;
 #[cfg(feature = "telemetry")]

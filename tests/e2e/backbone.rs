@@ -244,6 +244,7 @@ async fn idempotent_submit_filters_and_paging() {
                 states: vec![JobState::Queued as i32],
                 page_size: 2,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -9,6 +9,7 @@ pub mod gpt2;
 
 use crate::job::KIND_NAMES;
 use crate::v1::{Capabilities, JobSpec, SubmitJobRequest, job_spec};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -54,6 +55,17 @@ pub fn parse_request(text: &str) -> Result<SubmitJobRequest, String> {
 
 /// Checks a spec before anything is accepted; the error names the field and the rule.
 pub fn validate(spec: &JobSpec) -> Check {
+    let bytes = prost::Message::encoded_len(spec);
+    if bytes > crate::limits::MAX_SPEC_BYTES {
+        return Err(SpecError::new(
+            "spec",
+            format!(
+                "is {} encoded; at most {} is accepted",
+                crate::limits::size(bytes),
+                crate::limits::size(crate::limits::MAX_SPEC_BYTES)
+            ),
+        ));
+    }
     if spec.name.chars().count() > MAX_NAME_CHARS {
         return Err(SpecError::new("spec.name", format!("must be at most {MAX_NAME_CHARS} characters")));
     }
@@ -122,7 +134,7 @@ pub struct AgentNeeds {
     pub desktop_input: bool,
 }
 
-pub fn needs(spec: &JobSpec) -> AgentNeeds {
+fn needs(spec: &JobSpec) -> AgentNeeds {
     match &spec.kind {
         None | Some(job_spec::Kind::Noop(_)) | Some(job_spec::Kind::Sleep(_)) => AgentNeeds::default(),
         Some(job_spec::Kind::Gpt2Train(s)) => AgentNeeds { cuda: gpt2::needs_cuda_train(s), ..Default::default() },
@@ -134,22 +146,61 @@ pub fn needs(spec: &JobSpec) -> AgentNeeds {
     }
 }
 
-/// Why an agent with these capabilities cannot meet the job's kind-specific needs.
-pub fn agent_mismatch(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
-    let needs = needs(spec);
-    if needs.cuda && caps.cuda_devices.is_empty() {
-        return Some("a CUDA device is required".into());
+/// Everything that decides which agents may run a job, computed once per job: jobs with
+/// equal placements fit exactly the same agents (the scheduler queues them together).
+///
+/// **Architecture invariant:** [`Placement::mismatch`] is the one rule of "can this agent
+/// run this job"; scheduling, the "no agent could run this" reason and tests all ask it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The job kind's JSON name; the agent must list it.
+    pub kind: &'static str,
+    pub needs: AgentNeeds,
+    /// Labels the agent must carry with these values, sorted.
+    pub agent_labels: Vec<(String, String)>,
+    pub min_cpu_cores: u32,
+}
+
+impl Placement {
+    pub fn of(spec: &JobSpec) -> Self {
+        let (mut agent_labels, min_cpu_cores) = match &spec.requirements {
+            Some(r) => (r.agent_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), r.min_cpu_cores),
+            None => (Vec::new(), 0),
+        };
+        agent_labels.sort();
+        let kind = spec.kind.as_ref().map(crate::job::kind_name).unwrap_or("");
+        Self { kind, needs: needs(spec), agent_labels, min_cpu_cores }
     }
-    if !needs.browser.is_empty() && !caps.browsers.iter().any(|b| b.name == needs.browser) {
-        return Some(format!("browser {} is required", needs.browser));
+
+    /// Why an agent with these labels and capabilities cannot run the job, or `None`.
+    pub fn mismatch(&self, labels: &HashMap<String, String>, caps: &Capabilities) -> Option<String> {
+        let kind = self.kind;
+        if !caps.job_kinds.iter().any(|k| k == kind) {
+            return Some(format!("job kind {kind} is not supported"));
+        }
+        for (k, v) in &self.agent_labels {
+            if labels.get(k) != Some(v) {
+                return Some(format!("label {k}={v} is required"));
+            }
+        }
+        if self.min_cpu_cores > caps.cpu_cores {
+            return Some(format!("{} CPU cores are required", self.min_cpu_cores));
+        }
+        let needs = &self.needs;
+        if needs.cuda && caps.cuda_devices.is_empty() {
+            return Some("a CUDA device is required".into());
+        }
+        if !needs.browser.is_empty() && !caps.browsers.iter().any(|b| b.name == needs.browser) {
+            return Some(format!("browser {} is required", needs.browser));
+        }
+        if needs.display && caps.display.is_empty() {
+            return Some("an X display is required (headed browser)".into());
+        }
+        if needs.desktop_input && !caps.desktop_input {
+            return Some("desktop input is required (an agent started with --desktop-input and a display)".into());
+        }
+        None
     }
-    if needs.display && caps.display.is_empty() {
-        return Some("an X display is required (headed browser)".into());
-    }
-    if needs.desktop_input && !caps.desktop_input {
-        return Some("desktop input is required (an agent started with --desktop-input and a display)".into());
-    }
-    None
 }
 
 /// Fills in the defaults so the stored spec says exactly what runs.
@@ -169,6 +220,13 @@ mod tests {
 
     fn sleep_spec(ms: u64) -> JobSpec {
         JobSpec { kind: Some(job_spec::Kind::Sleep(SleepSpec { duration_ms: ms, fail: false })), ..Default::default() }
+    }
+
+    /// A spec over the size limit: a browser scenario with a 600 KiB script.
+    fn huge_spec() -> JobSpec {
+        let text =
+            format!(r#"{{"spec":{{"browser":{{"steps":[{{"script":{{"script":"{}"}}}}]}}}}}}"#, "x".repeat(600 * 1024));
+        parse_request(&text).unwrap().spec.unwrap()
     }
 
     #[test]
@@ -196,6 +254,7 @@ mod tests {
                 "spec.timeout: must be positive",
             ),
             (JobSpec { name: "x".repeat(201), ..sleep_spec(1) }, "spec.name: must be at most 200"),
+            (huge_spec(), "spec: is 600.0 KiB encoded; at most 512.0 KiB is accepted"),
             (
                 JobSpec { labels: [("bad key".into(), "v".into())].into(), ..sleep_spec(1) },
                 "spec.labels[\"bad key\"]: label keys must be",
@@ -213,17 +272,33 @@ mod tests {
         let headless = spec(r#"{"spec":{"browser":{"steps":[{"open":{"url":"http://127.0.0.1/"}}]}}}"#);
         let headed = spec(r#"{"spec":{"browser":{"headless":false,"steps":[{"open":{"url":"http://127.0.0.1/"}}]}}}"#);
         let cuda = spec(r#"{"spec":{"gpt2Train":{"model":{"preset":"gpt2"},"device":"cuda:0"}}}"#);
-        let bare = Capabilities::default();
+        let kinds = vec!["browser".to_string(), "gpt2Train".to_string()];
+        let bare = Capabilities { job_kinds: kinds, cpu_cores: 2, ..Default::default() };
         let chrome = Capabilities {
             browsers: vec![crate::v1::BrowserInfo { name: "chrome".into(), ..Default::default() }],
-            ..Default::default()
+            ..bare.clone()
         };
-        assert_eq!(agent_mismatch(&headless, &bare).as_deref(), Some("browser chrome is required"));
-        assert_eq!(agent_mismatch(&headless, &chrome), None);
-        assert_eq!(agent_mismatch(&headed, &chrome).as_deref(), Some("an X display is required (headed browser)"));
+        let mismatch = |spec: &JobSpec, caps: &Capabilities| Placement::of(spec).mismatch(&HashMap::new(), caps);
+        assert_eq!(mismatch(&headless, &bare).as_deref(), Some("browser chrome is required"));
+        assert_eq!(mismatch(&headless, &chrome), None);
+        assert_eq!(mismatch(&headed, &chrome).as_deref(), Some("an X display is required (headed browser)"));
         let with_display = Capabilities { display: ":99".into(), ..chrome };
-        assert_eq!(agent_mismatch(&headed, &with_display), None);
-        assert_eq!(agent_mismatch(&cuda, &with_display).as_deref(), Some("a CUDA device is required"));
+        assert_eq!(mismatch(&headed, &with_display), None);
+        assert_eq!(mismatch(&cuda, &with_display).as_deref(), Some("a CUDA device is required"));
+        let sleep = sleep_spec(1);
+        assert_eq!(mismatch(&sleep, &with_display).as_deref(), Some("job kind sleep is not supported"));
+        let labelled = JobSpec {
+            requirements: Some(crate::v1::Requirements {
+                agent_labels: [("gpu".into(), "h200".into())].into(),
+                min_cpu_cores: 64,
+            }),
+            ..headless.clone()
+        };
+        assert_eq!(mismatch(&labelled, &with_display).as_deref(), Some("label gpu=h200 is required"));
+        let gpu = HashMap::from([("gpu".to_string(), "h200".to_string())]);
+        let placement = Placement::of(&labelled);
+        assert_eq!(placement.mismatch(&gpu, &with_display).as_deref(), Some("64 CPU cores are required"));
+        assert_ne!(placement, Placement::of(&headless), "requirements make a different placement");
     }
 
     #[test]
