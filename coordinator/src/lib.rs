@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod core;
+#[cfg(test)]
+mod lifecycle_model;
 pub mod server;
 pub mod state;
 pub mod store;
