@@ -1,6 +1,6 @@
 //! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
 
-use crate::core::Coordinator;
+use crate::core::{Coordinator, JobFilter};
 use crate::state::{AgentEntry, StateError};
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
@@ -101,7 +101,7 @@ impl JobService for Api {
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        self.coordinator.get(&id).map(Response::new).ok_or_else(|| StateError::JobNotFound(id).into())
+        self.coordinator.get(&id).await.map(Response::new).ok_or_else(|| StateError::JobNotFound(id).into())
     }
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
@@ -133,12 +133,8 @@ impl JobService for Api {
             Ok(JobView::Full) => true,
             Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
         };
-        let labels = req.labels;
-        let keep = |job: &Job| {
-            (states.is_empty() || states.contains(&job.state))
-                && labels.iter().all(|(k, v)| job.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
-        };
-        let (jobs, next) = self.coordinator.list(keep, before, page_size, full);
+        let filter = JobFilter { states, labels: req.labels };
+        let (jobs, next) = self.coordinator.list(&filter, before, page_size, full).await;
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }
 
@@ -147,7 +143,7 @@ impl JobService for Api {
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        let (job, rx) = self.coordinator.watch(&id).ok_or(StateError::JobNotFound(id))?;
+        let (job, rx) = self.coordinator.watch(&id).await.ok_or(StateError::JobNotFound(id))?;
         let Some(rx) = rx else {
             return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
         };

@@ -10,6 +10,7 @@
 //! watch update) about a change before that change is durable. Progress is the one
 //! exception: it is not stored and is forwarded to watchers as it comes.
 
+use crate::record::{JobRecord, view as record_view};
 use crate::state::{Action, AgentEntry, Retention, State, StateError};
 use crate::store::{Commit, Store};
 use baton_proto::job::to_system_time;
@@ -17,8 +18,8 @@ use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_result
 use baton_proto::telemetry::{extract, inject};
 use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::{
-    AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobSpec, JobState,
-    coordinator_message,
+    AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobResult, JobSpec,
+    JobState, coordinator_message,
 };
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
@@ -52,7 +53,7 @@ enum Effect {
     Send(AgentTx, Box<coordinator_message::Kind>),
     Dispatch {
         tx: AgentTx,
-        job: Box<Job>,
+        job: Box<JobRecord>,
         decided_at: SystemTime,
     },
     /// Ends an agent's stream with this status.
@@ -61,7 +62,8 @@ enum Effect {
 
 #[derive(Default)]
 struct Batch {
-    jobs: HashMap<String, Job>,
+    jobs: HashMap<String, JobRecord>,
+    results: Vec<(String, JobResult)>,
     removed: Vec<String>,
     drained_agents: Vec<String>,
     effects: Vec<Effect>,
@@ -80,6 +82,16 @@ struct Inner {
     pending: Batch,
     /// The generation the pending batch will have once committed.
     pending_generation: u64,
+    /// Jobs whose latest change is not durable yet, and the generation that makes it so.
+    /// Reads wait for it: nobody sees a change the store could still lose.
+    dirty: HashMap<String, u64>,
+}
+
+impl Inner {
+    /// The generation to wait for before these jobs may be shown, if any is dirty.
+    fn dirty_generation<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Option<u64> {
+        ids.into_iter().filter_map(|id| self.dirty.get(id).copied()).max()
+    }
 }
 
 /// A change waiting to become durable: await [`Coordinator::durable`] on it.
@@ -114,6 +126,7 @@ impl Coordinator {
                 watchers: HashMap::new(),
                 pending: Batch::default(),
                 pending_generation: 1,
+                dirty: HashMap::new(),
             }),
             store,
             wake_writer: Notify::new(),
@@ -171,25 +184,27 @@ impl Coordinator {
                 };
                 let change = Commit {
                     jobs: batch.jobs.into_values().collect(),
+                    results: batch.results,
                     removed: batch.removed,
                     drained_agents: batch.drained_agents,
                 };
                 let store = self.store.clone();
                 let began = Instant::now();
-                let committed = tokio::task::spawn_blocking(move || store.commit(&change).map(|()| change.jobs)).await;
+                let committed = tokio::task::spawn_blocking(move || store.commit(&change).map(|()| change)).await;
                 tracing::debug!(commit_us = began.elapsed().as_micros() as u64, generation, "store commit");
-                let jobs = match committed {
-                    Ok(Ok(jobs)) => jobs,
+                let change = match committed {
+                    Ok(Ok(change)) => change,
                     Ok(Err(e)) => fatal(&e.to_string()),
                     Err(e) => fatal(&e.to_string()),
                 };
                 self.commits.fetch_add(1, Ordering::Relaxed);
-                self.job_writes.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                self.job_writes.fetch_add(change.jobs.len() as u64, Ordering::Relaxed);
+                self.lock().dirty.retain(|_, g| *g > generation);
                 self.committed.send_replace(generation);
                 for effect in batch.effects {
                     run_effect(effect);
                 }
-                self.notify_watchers(&jobs);
+                self.notify_watchers(change);
             }
         }
     }
@@ -203,18 +218,44 @@ impl Coordinator {
         tracing::info!(commits, job_writes = writes, jobs_per_commit, "store statistics");
     }
 
-    fn notify_watchers(&self, jobs: &[Job]) {
+    /// Sends each watched job's committed version (with its result once finished).
+    fn notify_watchers(&self, change: Commit) {
         let mut inner = self.lock();
         if inner.watchers.is_empty() {
             return;
         }
-        for job in jobs {
+        let mut results: HashMap<String, JobResult> = change.results.into_iter().collect();
+        for job in &change.jobs {
             if let Some(w) = inner.watchers.get(&job.id) {
-                w.send_replace(view(&inner.state, job));
+                w.send_replace(view(&inner.state, job, results.remove(&job.id)));
                 if job.state().is_terminal() {
                     inner.watchers.remove(&job.id);
                 }
             }
+        }
+    }
+
+    /// Runs `read` until it touches no job with an uncommitted change, waiting for the
+    /// commit in between: reads show only what is durable.
+    async fn read_durable<T>(&self, mut read: impl FnMut(&mut Inner) -> Result<T, u64>) -> T {
+        loop {
+            let attempt = read(&mut self.lock());
+            match attempt {
+                Ok(value) => return value,
+                Err(generation) => self.durable(Ticket(Some(generation))).await,
+            }
+        }
+    }
+
+    /// A finished job's result, from the store. A store that cannot be read is fatal, as
+    /// for writes: serving a job without its result would be a lie.
+    fn result(&self, job: &JobRecord) -> Option<JobResult> {
+        if !job.has_result {
+            return None;
+        }
+        match self.store.result(&job.id) {
+            Ok(result) => result,
+            Err(e) => fatal(&e.to_string()),
         }
     }
 
@@ -280,53 +321,83 @@ impl Coordinator {
         for mut span in spans {
             span.end();
         }
+        let records = self
+            .read_durable(|inner| match inner.dirty_generation(ids.iter().map(String::as_str)) {
+                Some(generation) => Err(generation),
+                None => Ok(ids.iter().filter_map(|id| inner.state.job(id).cloned()).collect::<Vec<_>>()),
+            })
+            .await;
         let inner = self.lock();
-        ids.iter().filter_map(|id| inner.state.job(id)).map(|j| view(&inner.state, j)).collect()
+        records.iter().map(|j| view(&inner.state, j, None)).collect()
     }
 
-    pub fn get(&self, id: &str) -> Option<Job> {
-        let inner = self.lock();
-        inner.state.job(id).map(|j| view(&inner.state, j))
+    pub async fn get(&self, id: &str) -> Option<Job> {
+        let record = self
+            .read_durable(|inner| match inner.dirty_generation([id]) {
+                Some(generation) => Err(generation),
+                None => Ok(inner.state.job(id).cloned()),
+            })
+            .await?;
+        let result = self.result(&record);
+        Some(view(&self.lock().state, &record, result))
     }
 
     /// Newest first below `before_seq`, with results only when `full`; returns the page
     /// and the seq to continue below. A page ends early rather than exceed
     /// [`MAX_PAGE_BYTES`].
-    pub fn list(
+    pub async fn list(
         &self,
-        keep: impl Fn(&Job) -> bool,
+        filter: &JobFilter,
         before_seq: Option<u64>,
         page_size: usize,
         full: bool,
     ) -> (Vec<Job>, Option<u64>) {
-        let inner = self.lock();
-        let mut jobs = Vec::with_capacity(page_size.min(1024));
+        let (records, more) = self
+            .read_durable(|inner| {
+                let mut records: Vec<JobRecord> = Vec::with_capacity(page_size.min(1024));
+                let mut matching = inner.state.jobs_newest_first(before_seq).filter(|j| filter.matches(j));
+                records.extend(matching.by_ref().take(page_size).cloned());
+                let more = matching.next().is_some();
+                match inner.dirty_generation(records.iter().map(|r| r.id.as_str())) {
+                    Some(generation) => Err(generation),
+                    None => Ok((records, more)),
+                }
+            })
+            .await;
+        let mut jobs = Vec::with_capacity(records.len());
         let mut bytes = 0;
-        let mut next = None;
-        for job in inner.state.jobs_newest_first(before_seq).filter(|j| keep(j)) {
-            let mut job = view(&inner.state, job);
-            if !full {
-                job.result = None;
-            }
+        for record in &records {
+            let result = if full { self.result(record) } else { None };
+            let job = view(&self.lock().state, record, result);
             bytes += job.encoded_len();
-            if jobs.len() == page_size || (bytes > MAX_PAGE_BYTES && !jobs.is_empty()) {
-                next = jobs.last().map(|j: &Job| j.seq);
+            if bytes > MAX_PAGE_BYTES && !jobs.is_empty() {
                 break;
             }
             jobs.push(job);
         }
+        let cut = jobs.len() < records.len();
+        let next = (cut || more).then(|| jobs.len().checked_sub(1).map(|last| records[last].seq)).flatten();
         (jobs, next)
     }
 
     /// The job now, and a receiver of its later versions (none once it is finished).
-    pub fn watch(&self, id: &str) -> Option<(Job, Option<watch::Receiver<Job>>)> {
-        let mut inner = self.lock();
-        let job = view(&inner.state, inner.state.job(id)?);
-        if job.state().is_terminal() {
-            return Some((job, None));
-        }
-        let rx = inner.watchers.entry(id.to_string()).or_insert_with(|| watch::Sender::new(job.clone())).subscribe();
-        Some((job, Some(rx)))
+    pub async fn watch(&self, id: &str) -> Option<(Job, Option<watch::Receiver<Job>>)> {
+        let (record, rx) = self
+            .read_durable(|inner| {
+                if let Some(generation) = inner.dirty_generation([id]) {
+                    return Err(generation);
+                }
+                let Some(record) = inner.state.job(id).cloned() else { return Ok(None) };
+                if record.state().is_terminal() {
+                    return Ok(Some((record, None)));
+                }
+                let job = view(&inner.state, &record, None);
+                let rx = inner.watchers.entry(id.to_string()).or_insert_with(|| watch::Sender::new(job)).subscribe();
+                Ok(Some((record, Some(rx))))
+            })
+            .await?;
+        let result = self.result(&record);
+        Some((view(&self.lock().state, &record, result), rx))
     }
 
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, StateError> {
@@ -336,7 +407,7 @@ impl Coordinator {
         });
         result?;
         self.durable(ticket).await;
-        self.get(id).ok_or_else(|| StateError::JobNotFound(id.to_string()))
+        self.get(id).await.ok_or_else(|| StateError::JobNotFound(id.to_string()))
     }
 
     // ---- agents -----------------------------------------------------------------------
@@ -369,10 +440,13 @@ impl Coordinator {
                 Some(AgentKind::Progress(p)) => {
                     let mut progress = p.progress.unwrap_or_default();
                     enforce_progress_limit(&mut progress);
+                    // Progress is not stored; it goes to watchers unless the job has a change
+                    // not yet durable (the next update will carry it).
                     if state.progress(agent_id, &p.job_id, p.attempt, progress)
+                        && inner.dirty_generation([p.job_id.as_str()]).is_none()
                         && let (Some(w), Some(job)) = (inner.watchers.get(&p.job_id), inner.state.job(&p.job_id))
                     {
-                        w.send_replace(view(&inner.state, job));
+                        w.send_replace(view(&inner.state, job, None));
                     }
                     Vec::new()
                 }
@@ -421,11 +495,31 @@ impl Coordinator {
     }
 }
 
-/// The job as clients see it: a queued job no connected agent can run says why.
-fn view(state: &State, job: &Job) -> Job {
-    let mut job = job.clone();
+/// Which jobs ListJobs returns.
+#[derive(Debug, Default)]
+pub struct JobFilter {
+    /// Any of these states; empty means all.
+    pub states: Vec<i32>,
+    /// All of these spec labels.
+    pub labels: HashMap<String, String>,
+}
+
+impl JobFilter {
+    fn matches(&self, job: &JobRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&job.state))
+            && (self.labels.is_empty() || {
+                let labels = job.spec().labels;
+                self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+    }
+}
+
+/// The job as clients see it: with its progress, and a queued job no connected agent can
+/// run says why.
+fn view(state: &State, record: &JobRecord, result: Option<JobResult>) -> Job {
+    let mut job = record_view(record, result, state.progress_of(&record.id));
     if job.state() == JobState::Queued
-        && let Some(reason) = state.unschedulable_reason(&job)
+        && let Some(reason) = state.unschedulable_reason(record)
     {
         job.reason = reason;
     }
@@ -441,10 +535,15 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
         match action {
             Action::Persist(id) => {
                 if let Some(job) = inner.state.job(&id) {
-                    inner.pending.jobs.insert(id, job.clone());
+                    inner.pending.jobs.insert(id.clone(), job.clone());
+                    inner.dirty.insert(id, inner.pending_generation);
                 }
             }
-            Action::Remove(id) => inner.pending.removed.push(id),
+            Action::StoreResult { job_id, result } => inner.pending.results.push((job_id, *result)),
+            Action::Remove(id) => {
+                inner.pending.jobs.remove(&id);
+                inner.pending.removed.push(id);
+            }
             Action::PersistDrain(agent_id) => inner.pending.drained_agents.push(agent_id),
             Action::Drain { agent_id } => {
                 if let Some(link) = inner.links.get(&agent_id) {
@@ -492,8 +591,8 @@ fn run_effect(effect: Effect) {
         }
         Effect::Dispatch { tx, job, decided_at } => {
             let trace_context = trace_dispatch(&job, decided_at);
-            let Job { id, attempt, spec, .. } = *job;
-            let assignment = Assignment { job_id: id, attempt, spec, trace_context };
+            let spec = Some(job.spec());
+            let assignment = Assignment { job_id: job.id, attempt: job.attempt, spec, trace_context };
             let _ = tx.send(message(coordinator_message::Kind::Assignment(assignment)));
         }
         Effect::Close(tx, status) => {
@@ -504,7 +603,7 @@ fn run_effect(effect: Effect) {
 
 /// Records the job's queue wait and dispatch spans under its submit span; returns the
 /// dispatch span's context for the agent.
-fn trace_dispatch(job: &Job, decided_at: SystemTime) -> HashMap<String, String> {
+fn trace_dispatch(job: &JobRecord, decided_at: SystemTime) -> HashMap<String, String> {
     if job.traceparent.is_empty() {
         return HashMap::new();
     }

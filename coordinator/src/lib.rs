@@ -9,6 +9,7 @@ pub mod api;
 pub mod core;
 #[cfg(test)]
 mod lifecycle_model;
+pub mod record;
 pub mod server;
 pub mod state;
 pub mod store;

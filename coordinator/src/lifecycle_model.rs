@@ -8,10 +8,11 @@
 //! nothing, the owning attempt's success settles the job, no job is lost, slots hold, and
 //! the indexes agree with the records.
 
+use crate::record::JobRecord;
 use crate::state::{Action, Retention, State};
 use baton_proto::v1::{
-    AttemptRef, Capabilities, Hello, Job, JobFinished, JobResult, JobSpec, JobState, NoopResult, NoopSpec,
-    Requirements, job_finished, job_result, job_spec,
+    AttemptRef, Capabilities, Hello, JobFinished, JobResult, JobSpec, JobState, NoopResult, NoopSpec, Requirements,
+    job_finished, job_result, job_spec,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -120,7 +121,7 @@ struct World {
     /// The latest assignment of each job: (agent, attempt).
     assigned: HashMap<String, (String, u32)>,
     /// Jobs seen terminal, as first seen.
-    settled: HashMap<String, Job>,
+    settled: HashMap<String, JobRecord>,
     removed: HashSet<String>,
     attempts: HashMap<String, u32>,
 }
@@ -165,7 +166,7 @@ impl World {
                     let agent = index(&agent_id);
                     let a = &self.state.agent(&agent_id).expect("assigned to a known agent");
                     assert!(a.connected && !a.draining && !a.leaving, "assigned to {agent_id} that takes no work");
-                    assert!(job.spec.as_ref().is_some_and(|s| s.requirements.is_none()) || eu(agent), "placement");
+                    assert!(job.spec().requirements.is_none() || eu(agent), "placement");
                     self.assigned.insert(job_id.clone(), (agent_id, job.attempt));
                     if self.agents[agent].connected {
                         self.agents[agent].held.push((job_id.clone(), job.attempt));
@@ -195,6 +196,10 @@ impl World {
                 Action::Remove(id) => {
                     assert!(self.settled.contains_key(&id), "retention removed {id}, which never finished");
                     self.removed.insert(id);
+                }
+                Action::StoreResult { job_id, .. } => {
+                    let job = self.state.job(&job_id).expect("a job with a result exists");
+                    assert!(job.state().is_terminal() && job.has_result, "result stored for an open job {job_id}");
                 }
                 Action::Persist(_) | Action::PersistDrain(_) | Action::Drain { .. } => {}
             }
@@ -363,7 +368,7 @@ impl World {
                 continue;
             };
             assert!(!self.removed.contains(id), "job {id} came back after retention removed it");
-            let max = job.spec.as_ref().map(|s| s.max_attempts).unwrap_or(1);
+            let max = job.max_attempts;
             assert!(job.attempt <= max, "job {id}: attempt {} of {max}", job.attempt);
             let previous = self.attempts.insert(id.clone(), job.attempt).unwrap_or(0);
             assert!(job.attempt >= previous, "job {id}: attempt went back from {previous} to {}", job.attempt);

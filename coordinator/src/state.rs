@@ -9,9 +9,10 @@
 //! job's current attempt, the job is ASSIGNED or RUNNING, and the reporting agent holds it
 //! (fencing); anything else is stale and only acknowledged.
 
+use crate::record::JobRecord;
 use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
 use baton_proto::spec::Placement;
-use baton_proto::v1::{Capabilities, Hello, Job, JobFinished, JobResult, JobSpec, JobState, Progress, job_finished};
+use baton_proto::v1::{Capabilities, Hello, JobFinished, JobResult, JobSpec, JobState, Progress, job_finished};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,8 +47,9 @@ pub enum Event {
     Assign { agent_id: String },
     /// The attempt began executing on its agent.
     Start { at: pbjson_types::Timestamp },
-    /// The job is settled: SUCCEEDED, FAILED or CANCELLED.
-    Finish { state: JobState, reason: String, result: Option<JobResult> },
+    /// The job is settled: SUCCEEDED, FAILED or CANCELLED, with or without a result
+    /// (which the store keeps apart from the record).
+    Finish { state: JobState, reason: String, with_result: bool },
     /// The attempt ended without settling the job; it waits for the next one.
     Retry { reason: String },
 }
@@ -60,7 +62,7 @@ pub struct Illegal {
 }
 
 /// The one function that changes a job's state.
-pub fn apply(job: &mut Job, event: Event) -> Result<(), Illegal> {
+pub fn apply(job: &mut JobRecord, event: Event) -> Result<(), Illegal> {
     let to = match &event {
         Event::Assign { .. } => JobState::Assigned,
         Event::Start { .. } => JobState::Running,
@@ -78,19 +80,16 @@ pub fn apply(job: &mut Job, event: Event) -> Result<(), Illegal> {
             job.assigned_at = Some(now());
             job.started_at = None;
             job.reason.clear();
-            job.progress = None;
         }
         Event::Start { at } => job.started_at = Some(at),
-        Event::Finish { reason, result, .. } => {
+        Event::Finish { reason, with_result, .. } => {
             job.reason = reason;
-            job.result = result;
+            job.has_result = with_result;
             job.finished_at = Some(now());
         }
         Event::Retry { reason } => {
             job.reason = reason;
             job.started_at = None;
-            job.progress = None;
-            job.result = None;
         }
     }
     job.state = to as i32;
@@ -102,6 +101,8 @@ pub fn apply(job: &mut Job, event: Event) -> Result<(), Illegal> {
 pub enum Action {
     /// Write the job's new record to the store (and tell its watchers).
     Persist(String),
+    /// Write the job's result to the store, next to its record.
+    StoreResult { job_id: String, result: Box<JobResult> },
     /// Delete the finished job's record (retention).
     Remove(String),
     /// Store that this agent is drained.
@@ -188,7 +189,9 @@ pub struct Retention {
 
 #[derive(Default)]
 pub struct State {
-    jobs: HashMap<String, Job>,
+    jobs: HashMap<String, JobRecord>,
+    /// The latest progress of assigned and running jobs (not stored).
+    progress: HashMap<String, Progress>,
     /// seq → id: listing order.
     by_seq: BTreeMap<u64, String>,
     /// Queued jobs by placement: one queue per class of equally placeable jobs.
@@ -203,22 +206,18 @@ pub struct State {
     next_seq: u64,
 }
 
-fn queue_key(job: &Job) -> QueueKey {
-    (Reverse(job.spec.as_ref().map(|s| s.priority).unwrap_or(0)), job.seq)
+fn queue_key(job: &JobRecord) -> QueueKey {
+    (Reverse(job.priority), job.seq)
 }
 
-fn finished_key(job: &Job) -> (SystemTime, u64) {
+fn finished_key(job: &JobRecord) -> (SystemTime, u64) {
     (job.finished_at.as_ref().map(to_system_time).unwrap_or(SystemTime::UNIX_EPOCH), job.seq)
-}
-
-fn placement(job: &Job) -> Placement {
-    job.spec.as_ref().map(Placement::of).unwrap_or_default()
 }
 
 impl State {
     /// Rebuilds the state from stored records. Jobs that were assigned or running stay
     /// with their agent until it reconnects or its lease (counted from `now`) expires.
-    pub fn restore(mut jobs: Vec<Job>, drained: Vec<String>, now_instant: Instant) -> Self {
+    pub fn restore(mut jobs: Vec<JobRecord>, drained: Vec<String>, now_instant: Instant) -> Self {
         jobs.sort_by_key(|j| j.seq);
         let mut state = State { drained: drained.into_iter().collect(), ..Default::default() };
         for job in jobs {
@@ -246,13 +245,13 @@ impl State {
         state
     }
 
-    fn enqueue(&mut self, job: &Job) {
-        self.queues.entry(placement(job)).or_default().insert(queue_key(job), job.id.clone());
+    fn enqueue(&mut self, job: &JobRecord) {
+        self.queues.entry(job.placement()).or_default().insert(queue_key(job), job.id.clone());
         self.queued += 1;
     }
 
-    fn dequeue(&mut self, job: &Job) {
-        let class = placement(job);
+    fn dequeue(&mut self, job: &JobRecord) {
+        let class = job.placement();
         if let Some(queue) = self.queues.get_mut(&class) {
             if queue.remove(&queue_key(job)).is_some() {
                 self.queued -= 1;
@@ -263,11 +262,16 @@ impl State {
         }
     }
 
-    pub fn job(&self, id: &str) -> Option<&Job> {
+    pub fn job(&self, id: &str) -> Option<&JobRecord> {
         self.jobs.get(id)
     }
 
-    pub fn job_by_key(&self, key: &str) -> Option<&Job> {
+    /// The latest progress of an assigned or running job.
+    pub fn progress_of(&self, id: &str) -> Option<&Progress> {
+        self.progress.get(id)
+    }
+
+    pub fn job_by_key(&self, key: &str) -> Option<&JobRecord> {
         self.by_key.get(key).and_then(|id| self.jobs.get(id))
     }
 
@@ -288,14 +292,14 @@ impl State {
     }
 
     /// Jobs newest first, starting below `before_seq`.
-    pub fn jobs_newest_first(&self, before_seq: Option<u64>) -> impl Iterator<Item = &Job> {
+    pub fn jobs_newest_first(&self, before_seq: Option<u64>) -> impl Iterator<Item = &JobRecord> {
         let upper = before_seq.unwrap_or(u64::MAX);
         self.by_seq.range(..upper).rev().filter_map(|(_, id)| self.jobs.get(id))
     }
 
     /// Why a queued job waits, when no connected agent could ever run it.
-    pub fn unschedulable_reason(&self, job: &Job) -> Option<String> {
-        let placement = placement(job);
+    pub fn unschedulable_reason(&self, job: &JobRecord) -> Option<String> {
+        let placement = job.placement();
         let connected: Vec<_> = self.agents.values().filter(|a| a.connected).collect();
         if connected.is_empty() {
             return Some("no agent is connected".into());
@@ -323,17 +327,7 @@ impl State {
     ) -> Vec<Action> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let job = Job {
-            id: id.clone(),
-            spec: Some(spec),
-            state: JobState::Queued as i32,
-            submitted_at: Some(now()),
-            idempotency_key: key.clone(),
-            seq,
-            traceparent,
-            trace_id,
-            ..Default::default()
-        };
+        let job = JobRecord::queued(id.clone(), seq, &spec, key.clone(), traceparent, trace_id);
         if !key.is_empty() {
             self.by_key.insert(key, id.clone());
         }
@@ -395,6 +389,7 @@ impl State {
             if apply(job, Event::Assign { agent_id: agent_id.clone() }).is_err() {
                 continue;
             }
+            self.progress.remove(&job_id);
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.running.insert(job_id.clone());
             }
@@ -406,7 +401,7 @@ impl State {
 
     /// The job whose current attempt this is, if the agent owns it: the job is ASSIGNED
     /// or RUNNING, on this attempt, on this agent.
-    fn owned(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Option<&mut Job> {
+    fn owned(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Option<&mut JobRecord> {
         self.jobs.get_mut(job_id).filter(|j| {
             matches!(j.state(), JobState::Assigned | JobState::Running)
                 && j.attempt == attempt
@@ -530,13 +525,11 @@ impl State {
 
     /// Returns true when the progress was applied (the caller tells watchers).
     pub fn progress(&mut self, agent_id: &str, job_id: &str, attempt: u32, progress: Progress) -> bool {
-        match self.owned(agent_id, job_id, attempt) {
-            Some(job) => {
-                job.progress = Some(progress);
-                true
-            }
-            None => false,
+        if self.owned(agent_id, job_id, attempt).is_none() {
+            return false;
         }
+        self.progress.insert(job_id.to_string(), progress);
+        true
     }
 
     pub fn finished(&mut self, agent_id: &str, report: JobFinished) -> Vec<Action> {
@@ -566,7 +559,11 @@ impl State {
             Some(Outcome::Failure(reason)) => (JobState::Failed, reason),
             Some(Outcome::Cancelled(reason)) => (JobState::Cancelled, reason),
         };
-        let mut actions = self.settle(&job_id, Event::Finish { state, reason, result });
+        let with_result = result.is_some();
+        let mut actions = self.settle(&job_id, Event::Finish { state, reason, with_result });
+        if let Some(result) = result.filter(|_| !actions.is_empty()) {
+            actions.push(Action::StoreResult { job_id, result: Box::new(result) });
+        }
         actions.push(ack);
         actions
     }
@@ -584,6 +581,9 @@ impl State {
         if was_queued {
             self.dequeue(&job);
         }
+        if job.state() != JobState::Running {
+            self.progress.remove(job_id);
+        }
         match job.state() {
             JobState::Queued => self.enqueue(&job),
             s if s.is_terminal() => {
@@ -598,9 +598,9 @@ impl State {
     /// else fail; a job whose cancel was asked for is cancelled instead.
     fn retry_or_fail(&mut self, job_id: &str, retry_reason: &str, final_reason: &str) -> Vec<Action> {
         let Some(job) = self.jobs.get(job_id) else { return Vec::new() };
-        let max = job.spec.as_ref().map(|s| s.max_attempts).unwrap_or(1);
+        let max = job.max_attempts.max(1);
         let event = if job.cancel_requested {
-            Event::Finish { state: JobState::Cancelled, reason: "cancelled by request".into(), result: None }
+            Event::Finish { state: JobState::Cancelled, reason: "cancelled by request".into(), with_result: false }
         } else if job.attempt < max {
             Event::Retry { reason: format!("{retry_reason}; retrying (attempt {} of {max} done)", job.attempt) }
         } else {
@@ -609,7 +609,7 @@ impl State {
             } else {
                 format!("{final_reason}: {retry_reason} (attempt {} of {max})", job.attempt)
             };
-            Event::Finish { state: JobState::Failed, reason, result: None }
+            Event::Finish { state: JobState::Failed, reason, with_result: false }
         };
         self.settle(job_id, event)
     }
@@ -643,9 +643,7 @@ impl State {
         for agent in self.agents.values() {
             for id in &agent.running {
                 let Some(job) = self.jobs.get(id) else { continue };
-                let (Some(assigned), Some(timeout)) =
-                    (job.assigned_at.as_ref(), job.spec.as_ref().and_then(|s| s.timeout.as_ref()))
-                else {
+                let (Some(assigned), Some(timeout)) = (job.assigned_at.as_ref(), job.timeout.as_ref()) else {
                     continue;
                 };
                 let timeout = to_duration(timeout);
@@ -693,7 +691,7 @@ impl State {
         let reason = if reason.is_empty() { "cancelled by request".to_string() } else { reason.to_string() };
         match job.state() {
             JobState::Queued => {
-                Ok(self.settle(job_id, Event::Finish { state: JobState::Cancelled, reason, result: None }))
+                Ok(self.settle(job_id, Event::Finish { state: JobState::Cancelled, reason, with_result: false }))
             }
             JobState::Assigned | JobState::Running => {
                 let mut actions = Vec::new();
@@ -784,7 +782,7 @@ mod tests {
                 assert!(!is_legal(from, to), "{from:?} -> {to:?}");
             }
         }
-        let mut job = Job { state: Succeeded as i32, attempt: 1, ..Default::default() };
+        let mut job = JobRecord { state: Succeeded as i32, attempt: 1, ..Default::default() };
         assert_eq!(apply(&mut job, Event::Retry { reason: "x".into() }), Err(Illegal { from: Succeeded, to: Queued }));
         assert_eq!(job.state(), Succeeded);
     }
@@ -934,7 +932,7 @@ mod tests {
         submit(&mut s, "j", spec(0));
         s.hello(&hello("a", 1, &[]), Instant::now());
         s.schedule();
-        let stored: Vec<Job> = vec![s.job("j").unwrap().clone()];
+        let stored: Vec<JobRecord> = vec![s.job("j").unwrap().clone()];
         let t0 = Instant::now();
         let mut r = State::restore(stored, Vec::new(), t0);
         assert!(r.expire(t0 + Duration::from_secs(5), Duration::from_secs(10)).is_empty());
