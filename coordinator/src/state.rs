@@ -14,7 +14,7 @@ use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
 use baton_proto::spec::Placement;
 use baton_proto::v1::{Capabilities, Hello, JobFinished, JobResult, JobSpec, JobState, Progress, job_finished};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Every legal change of a job's state, with what causes it. Nothing leaves a terminal
@@ -189,17 +189,20 @@ pub struct Retention {
 
 #[derive(Default)]
 pub struct State {
-    jobs: HashMap<String, JobRecord>,
+    /// Every job by its submission number (seq): listing order. Indexes hold seqs, not
+    /// copies of ids, so a queued job costs its record and a few words.
+    records: BTreeMap<u64, JobRecord>,
+    /// Job id → seq.
+    seqs: HashMap<String, u64>,
     /// The latest progress of assigned and running jobs (not stored).
     progress: HashMap<String, Progress>,
-    /// seq → id: listing order.
-    by_seq: BTreeMap<u64, String>,
     /// Queued jobs by placement: one queue per class of equally placeable jobs.
-    queues: HashMap<Placement, BTreeMap<QueueKey, String>>,
+    queues: HashMap<Placement, BTreeSet<QueueKey>>,
     queued: usize,
     /// Finished jobs by (finished_at, seq): what retention removes first.
-    finished: BTreeMap<(SystemTime, u64), String>,
-    by_key: HashMap<String, String>,
+    finished: BTreeSet<(SystemTime, u64)>,
+    /// Idempotency key → seq.
+    by_key: HashMap<String, u64>,
     agents: HashMap<String, AgentEntry>,
     /// Agents drained by an operator (durable, remembered across restarts).
     drained: HashSet<String>,
@@ -224,9 +227,9 @@ impl State {
             state.next_seq = state.next_seq.max(job.seq + 1);
             let id = job.id.clone();
             if !job.idempotency_key.is_empty() {
-                state.by_key.insert(job.idempotency_key.clone(), id.clone());
+                state.by_key.insert(job.idempotency_key.clone(), job.seq);
             }
-            state.by_seq.insert(job.seq, id.clone());
+            state.seqs.insert(id.clone(), job.seq);
             match job.state() {
                 JobState::Queued => state.enqueue(&job),
                 JobState::Assigned | JobState::Running => {
@@ -237,23 +240,23 @@ impl State {
                     agent.running.insert(id.clone());
                 }
                 _ => {
-                    state.finished.insert(finished_key(&job), id.clone());
+                    state.finished.insert(finished_key(&job));
                 }
             }
-            state.jobs.insert(id, job);
+            state.records.insert(job.seq, job);
         }
         state
     }
 
     fn enqueue(&mut self, job: &JobRecord) {
-        self.queues.entry(job.placement()).or_default().insert(queue_key(job), job.id.clone());
+        self.queues.entry(job.placement()).or_default().insert(queue_key(job));
         self.queued += 1;
     }
 
     fn dequeue(&mut self, job: &JobRecord) {
         let class = job.placement();
         if let Some(queue) = self.queues.get_mut(&class) {
-            if queue.remove(&queue_key(job)).is_some() {
+            if queue.remove(&queue_key(job)) {
                 self.queued -= 1;
             }
             if queue.is_empty() {
@@ -263,7 +266,11 @@ impl State {
     }
 
     pub fn job(&self, id: &str) -> Option<&JobRecord> {
-        self.jobs.get(id)
+        self.seqs.get(id).and_then(|seq| self.records.get(seq))
+    }
+
+    fn job_mut(&mut self, id: &str) -> Option<&mut JobRecord> {
+        self.seqs.get(id).and_then(|seq| self.records.get_mut(seq))
     }
 
     /// The latest progress of an assigned or running job.
@@ -272,11 +279,11 @@ impl State {
     }
 
     pub fn job_by_key(&self, key: &str) -> Option<&JobRecord> {
-        self.by_key.get(key).and_then(|id| self.jobs.get(id))
+        self.by_key.get(key).and_then(|seq| self.records.get(seq))
     }
 
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.records.len()
     }
 
     pub fn queued_count(&self) -> usize {
@@ -294,7 +301,7 @@ impl State {
     /// Jobs newest first, starting below `before_seq`.
     pub fn jobs_newest_first(&self, before_seq: Option<u64>) -> impl Iterator<Item = &JobRecord> {
         let upper = before_seq.unwrap_or(u64::MAX);
-        self.by_seq.range(..upper).rev().filter_map(|(_, id)| self.jobs.get(id))
+        self.records.range(..upper).rev().map(|(_, job)| job)
     }
 
     /// Why a queued job waits, when no connected agent could ever run it.
@@ -329,11 +336,11 @@ impl State {
         self.next_seq += 1;
         let job = JobRecord::queued(id.clone(), seq, &spec, key.clone(), traceparent, trace_id);
         if !key.is_empty() {
-            self.by_key.insert(key, id.clone());
+            self.by_key.insert(key, seq);
         }
-        self.by_seq.insert(seq, id.clone());
+        self.seqs.insert(id.clone(), seq);
         self.enqueue(&job);
-        self.jobs.insert(id.clone(), job);
+        self.records.insert(seq, job);
         vec![Action::Persist(id)]
     }
 
@@ -355,7 +362,7 @@ impl State {
         loop {
             let mut best: Option<(QueueKey, Placement, String, String)> = None;
             for (class, queue) in &self.queues {
-                let Some((key, job_id)) = queue.first_key_value() else { continue };
+                let Some(key) = queue.first() else { continue };
                 if best.as_ref().is_some_and(|b| b.0 < *key) {
                     continue;
                 }
@@ -370,8 +377,8 @@ impl State {
                     .iter()
                     .filter(|id| free.get(*id).is_some_and(|n| *n > 0))
                     .max_by(|a, b| free[*a].cmp(&free[*b]).then_with(|| b.cmp(a)));
-                if let Some(agent) = agent {
-                    best = Some((*key, class.clone(), job_id.clone(), agent.clone()));
+                if let (Some(agent), Some(job)) = (agent, self.records.get(&key.1)) {
+                    best = Some((*key, class.clone(), job.id.clone(), agent.clone()));
                 }
             }
             let Some((key, class, job_id, agent_id)) = best else { break };
@@ -385,7 +392,7 @@ impl State {
             if let Some(n) = free.get_mut(&agent_id) {
                 *n -= 1;
             }
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let Some(job) = self.records.get_mut(&key.1) else { continue };
             if apply(job, Event::Assign { agent_id: agent_id.clone() }).is_err() {
                 continue;
             }
@@ -402,7 +409,7 @@ impl State {
     /// The job whose current attempt this is, if the agent owns it: the job is ASSIGNED
     /// or RUNNING, on this attempt, on this agent.
     fn owned(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Option<&mut JobRecord> {
-        self.jobs.get_mut(job_id).filter(|j| {
+        self.job_mut(job_id).filter(|j| {
             matches!(j.state(), JobState::Assigned | JobState::Running)
                 && j.attempt == attempt
                 && j.agent_id == agent_id
@@ -435,7 +442,7 @@ impl State {
         let mut lost = Vec::new();
         let mut kept = HashSet::new();
         for job_id in std::mem::take(&mut entry.running) {
-            let Some(job) = self.jobs.get(&job_id) else { continue };
+            let Some(job) = self.job(&job_id) else { continue };
             let attempt = job.attempt;
             if let Some(held) = hello.running.iter().find(|r| r.job_id == job_id && r.attempt == attempt) {
                 let cancel_requested = job.cancel_requested;
@@ -476,7 +483,7 @@ impl State {
             actions.push(Action::Drain { agent_id: id.clone() });
         }
         self.agents.insert(id.clone(), entry);
-        lost.sort_by_key(|job_id| self.jobs.get(job_id).map(|j| j.seq));
+        lost.sort_by_key(|job_id| self.seqs.get(job_id).copied());
         for job_id in lost {
             actions.extend(self.retry_or_fail(
                 &job_id,
@@ -571,7 +578,7 @@ impl State {
     /// Applies an event that may settle the job; keeps the queue and the retention index
     /// in step with the job's new state.
     fn settle(&mut self, job_id: &str, event: Event) -> Vec<Action> {
-        let Some(job) = self.jobs.get_mut(job_id) else { return Vec::new() };
+        let Some(job) = self.job_mut(job_id) else { return Vec::new() };
         let was_queued = job.state() == JobState::Queued;
         if let Err(e) = apply(job, event) {
             tracing::warn!(job_id, error = %e, "event refused by the job lifecycle");
@@ -587,7 +594,7 @@ impl State {
         match job.state() {
             JobState::Queued => self.enqueue(&job),
             s if s.is_terminal() => {
-                self.finished.insert(finished_key(&job), job.id.clone());
+                self.finished.insert(finished_key(&job));
             }
             _ => {}
         }
@@ -597,7 +604,7 @@ impl State {
     /// The current attempt ended without settling the job: retry while attempts remain,
     /// else fail; a job whose cancel was asked for is cancelled instead.
     fn retry_or_fail(&mut self, job_id: &str, retry_reason: &str, final_reason: &str) -> Vec<Action> {
-        let Some(job) = self.jobs.get(job_id) else { return Vec::new() };
+        let Some(job) = self.job(job_id) else { return Vec::new() };
         let max = job.max_attempts.max(1);
         let event = if job.cancel_requested {
             Event::Finish { state: JobState::Cancelled, reason: "cancelled by request".into(), with_result: false }
@@ -632,7 +639,7 @@ impl State {
                 actions.push(Action::Expel { agent_id: agent_id.clone(), reason });
             }
             let mut running: Vec<_> = agent.running.into_iter().collect();
-            running.sort_by_key(|id| self.jobs.get(id).map(|j| j.seq));
+            running.sort_by_key(|id| self.seqs.get(id).copied());
             for job_id in running {
                 let reason = format!("agent lost: {agent_id} stopped responding");
                 actions.extend(self.retry_or_fail(&job_id, &reason, "agent lost"));
@@ -642,7 +649,7 @@ impl State {
         let mut overdue: Vec<(String, String, u32, Duration)> = Vec::new();
         for agent in self.agents.values() {
             for id in &agent.running {
-                let Some(job) = self.jobs.get(id) else { continue };
+                let Some(job) = self.job(id) else { continue };
                 let (Some(assigned), Some(timeout)) = (job.assigned_at.as_ref(), job.timeout.as_ref()) else {
                     continue;
                 };
@@ -667,19 +674,18 @@ impl State {
     pub fn expire_finished(&mut self, retention: Retention, wall_now: SystemTime, limit: usize) -> Vec<Action> {
         let mut actions = Vec::new();
         while actions.len() < limit {
-            let Some(((finished_at, _), _)) = self.finished.first_key_value() else { break };
+            let Some((finished_at, _)) = self.finished.first() else { break };
             let too_old = wall_now.duration_since(*finished_at).unwrap_or_default() > retention.max_age;
             if !too_old && self.finished.len() <= retention.max_jobs {
                 break;
             }
-            let Some((_, id)) = self.finished.pop_first() else { break };
-            if let Some(job) = self.jobs.remove(&id) {
-                self.by_seq.remove(&job.seq);
-                if !job.idempotency_key.is_empty() {
-                    self.by_key.remove(&job.idempotency_key);
-                }
+            let Some((_, seq)) = self.finished.pop_first() else { break };
+            let Some(job) = self.records.remove(&seq) else { continue };
+            self.seqs.remove(&job.id);
+            if !job.idempotency_key.is_empty() {
+                self.by_key.remove(&job.idempotency_key);
             }
-            actions.push(Action::Remove(id));
+            actions.push(Action::Remove(job.id));
         }
         actions
     }
@@ -687,7 +693,7 @@ impl State {
     /// Cancels a job: a queued one at once, a running one through its agent (the request
     /// is stored, and sent again whenever the agent says hello).
     pub fn cancel(&mut self, job_id: &str, reason: &str) -> Result<Vec<Action>, StateError> {
-        let job = self.jobs.get_mut(job_id).ok_or_else(|| StateError::JobNotFound(job_id.to_string()))?;
+        let job = self.job_mut(job_id).ok_or_else(|| StateError::JobNotFound(job_id.to_string()))?;
         let reason = if reason.is_empty() { "cancelled by request".to_string() } else { reason.to_string() };
         match job.state() {
             JobState::Queued => {

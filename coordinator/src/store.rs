@@ -67,8 +67,12 @@ impl RedbStore {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(io)?;
         let path = data_dir.join("baton.redb");
-        let db =
-            Database::create(&path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        // The coordinator keeps what it schedules with in memory and reads the store only at
+        // start and for results: a small page cache is enough (redb's default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(&path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(JOBS).map_err(io)?;
         txn.open_table(RESULTS).map_err(io)?;
