@@ -1,9 +1,10 @@
 //! baton's coordinator.
 //!
-//! Layout: [`state`] is the job state machine and scheduler (pure); [`store`] keeps job
-//! records durable; [`core`] owns the shared state and the group-commit path from a
-//! change to its effects; [`api`] is the gRPC surface (jobs, agents, admin); [`server`]
-//! wires it together with health and reflection.
+//! Layout: [`state`] is the job lifecycle and the scheduler (pure); [`record`] is the
+//! stored job record and the API view built from it; [`store`] keeps records and results
+//! durable; [`core`] owns the shared state and the group-commit path from a change to its
+//! effects; [`api`] is the gRPC surface (jobs, agents, admin); [`server`] wires it
+//! together with health and reflection.
 
 pub mod api;
 pub mod core;
