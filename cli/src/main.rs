@@ -167,22 +167,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--label {l:?} must look like key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let page = jobs
-                .list_jobs(ListJobsRequest { states, labels, page_size: limit.clamp(1, 1000), ..Default::default() })
-                .await?
-                .into_inner();
-            out.jobs(&page.jobs)?;
+            let request = ListJobsRequest { states, labels, ..Default::default() };
+            out.jobs(&list(&mut jobs, request, limit as usize).await?)?;
         }
         Command::Report { ids } => {
             let found = if ids.is_empty() {
                 let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled].map(|s| s as i32).to_vec();
-                let request = ListJobsRequest {
-                    states: finished,
-                    page_size: 10,
-                    view: JobView::Full as i32,
-                    ..Default::default()
-                };
-                let mut latest = jobs.list_jobs(request).await?.into_inner().jobs;
+                let request = ListJobsRequest { states: finished, view: JobView::Full as i32, ..Default::default() };
+                let mut latest = list(&mut jobs, request, 10).await?;
                 latest.reverse();
                 latest
             } else {
@@ -210,6 +202,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Up to `limit` jobs, newest first, following page tokens (a page may come back short).
+async fn list(
+    client: &mut JobServiceClient<Channel>,
+    mut request: ListJobsRequest,
+    limit: usize,
+) -> anyhow::Result<Vec<Job>> {
+    let mut found = Vec::new();
+    while found.len() < limit {
+        request.page_size = (limit - found.len()).min(1000) as u32;
+        let page = client.list_jobs(request.clone()).await?.into_inner();
+        found.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    Ok(found)
 }
 
 fn exit_for(job: &Job) -> ExitCode {

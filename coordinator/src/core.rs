@@ -352,15 +352,27 @@ impl Coordinator {
         page_size: usize,
         full: bool,
     ) -> (Vec<Job>, Option<u64>) {
-        let (records, more) = self
+        // A page examines at most MAX_SCAN jobs, so a filter few jobs match never holds the
+        // lock for long; such a page may come back short, with a token to go on.
+        const MAX_SCAN: usize = 10_000;
+        let (records, resume) = self
             .read_durable(|inner| {
                 let mut records: Vec<JobRecord> = Vec::with_capacity(page_size.min(1024));
-                let mut matching = inner.state.jobs_newest_first(before_seq).filter(|j| filter.matches(j));
-                records.extend(matching.by_ref().take(page_size).cloned());
-                let more = matching.next().is_some();
+                let mut resume = None;
+                let mut last_examined = None;
+                for (examined, job) in inner.state.jobs_newest_first(before_seq).enumerate() {
+                    if records.len() == page_size || examined == MAX_SCAN {
+                        resume = last_examined;
+                        break;
+                    }
+                    last_examined = Some(job.seq);
+                    if filter.matches(job) {
+                        records.push(job.clone());
+                    }
+                }
                 match inner.dirty_generation(records.iter().map(|r| r.id.as_str())) {
                     Some(generation) => Err(generation),
-                    None => Ok((records, more)),
+                    None => Ok((records, resume)),
                 }
             })
             .await;
@@ -371,13 +383,13 @@ impl Coordinator {
             let job = view(&self.lock().state, record, result);
             bytes += job.encoded_len();
             if bytes > MAX_PAGE_BYTES && !jobs.is_empty() {
-                break;
+                // Cut by size: go on below the last job sent.
+                let last = records[jobs.len() - 1].seq;
+                return (jobs, Some(last));
             }
             jobs.push(job);
         }
-        let cut = jobs.len() < records.len();
-        let next = (cut || more).then(|| jobs.len().checked_sub(1).map(|last| records[last].seq)).flatten();
-        (jobs, next)
+        (jobs, resume)
     }
 
     /// The job now, and a receiver of its later versions (none once it is finished).

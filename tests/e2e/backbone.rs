@@ -299,3 +299,34 @@ async fn a_job_past_its_timeout_is_stopped_and_retried_then_failed() {
     assert_eq!(job.attempt, 2, "a timed-out attempt is retried while attempts remain");
     assert_eq!(job.reason, "timed out after 300ms (attempt 2 of 2)");
 }
+
+/// Issue 8: a ListJobs page examines a bounded number of jobs, so a filter few jobs match
+/// comes back in short pages with a token; the CLI follows the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_label_is_found_through_short_pages() {
+    let cluster = Cluster::start(&[], &[]).await;
+    let mut client = cluster.jobs().await;
+    let rare =
+        JobSpec { labels: [("find".to_string(), "me".to_string())].into(), name: "needle".into(), ..sleep_spec(0) };
+    client.submit_job(request(rare)).await.unwrap();
+    for _ in 0..2 {
+        let jobs = (0..7_500).map(|_| request(sleep_spec(0))).collect();
+        client.submit_jobs(SubmitJobsRequest { jobs }).await.unwrap();
+    }
+    let filter = ListJobsRequest {
+        labels: [("find".to_string(), "me".to_string())].into(),
+        page_size: 10,
+        ..Default::default()
+    };
+    let first = client.list_jobs(filter.clone()).await.unwrap().into_inner();
+    assert!(first.jobs.is_empty(), "the newest 10,000 jobs hold no match");
+    assert!(!first.next_page_token.is_empty(), "a short page says where to go on");
+    let second = client.list_jobs(ListJobsRequest { page_token: first.next_page_token, ..filter }).await.unwrap();
+    assert_eq!(
+        second.into_inner().jobs.iter().map(|j| j.spec.as_ref().unwrap().name.as_str()).collect::<Vec<_>>(),
+        ["needle"]
+    );
+    let (code, out, err) = cluster.cli(&["list", "--label", "find=me"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("needle"), "{out}");
+}
