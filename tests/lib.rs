@@ -4,13 +4,17 @@
 
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::job_service_client::JobServiceClient;
+use baton_proto::v1::{GetJobRequest, Job, ListAgentsRequest};
 use std::fs::File;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 /// The workspace root.
@@ -94,15 +98,40 @@ impl Proc {
 
     /// SIGTERM, then wait (up to 10 s) for a graceful exit.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if self.exit_status().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill9();
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, ...), as `kill -s NAME PID` does.
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -s {name} {} ({})", self.child.id(), self.name);
+    }
+
+    /// How the process ended, or None while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits (without blocking the runtime) up to `limit` for the process to end.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn log(&self) -> String {
@@ -144,11 +173,12 @@ where
 pub struct Cluster {
     pub url: String,
     pub port: u16,
-    pub dir: TempDir,
     pub coordinator: Option<Proc>,
     pub agents: Vec<Proc>,
     coordinator_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Last, so it is removed after the processes have printed their logs (fields drop in order).
+    pub dir: TempDir,
 }
 
 impl Cluster {
@@ -189,10 +219,22 @@ impl Cluster {
         }
     }
 
+    /// The coordinator's address, e.g. for a [`FaultProxy`] in front of it.
+    pub fn addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.port).into()
+    }
+
     /// Starts an agent named `name` with `slots` slots and extra flags; returns its index.
     pub fn add_agent(&mut self, name: &str, slots: u32, args: &[&str]) -> usize {
+        let url = self.url.clone();
+        self.add_agent_via(name, slots, args, &url)
+    }
+
+    /// Like [`Cluster::add_agent`], but the agent reaches the coordinator at `coordinator_url`
+    /// (a [`FaultProxy`]'s URL, say).
+    pub fn add_agent_via(&mut self, name: &str, slots: u32, args: &[&str], coordinator_url: &str) -> usize {
         let mut cmd = Command::new(bin("baton-agent"));
-        cmd.arg("--coordinator").arg(&self.url).arg("--name").arg(name).arg("--slots").arg(slots.to_string());
+        cmd.arg("--coordinator").arg(coordinator_url).arg("--name").arg(name).arg("--slots").arg(slots.to_string());
         cmd.args(args).envs(self.env.iter().cloned());
         self.agents.push(Proc::spawn(name, cmd, &self.dir.0));
         self.agents.len() - 1
@@ -227,6 +269,34 @@ impl Cluster {
         .await;
     }
 
+    /// Polls the job (GetJob) until `done` holds, or panics after `within`; returns it.
+    pub async fn wait_job(&self, id: &str, within: Duration, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+        let client = self.jobs().await;
+        let done = &done;
+        eventually(within, &format!("job {id} to {what}"), || {
+            let mut client = client.clone();
+            let id = id.to_string();
+            async move {
+                let job = client.get_job(GetJobRequest { id }).await.ok()?.into_inner();
+                done(&job).then_some(job)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the agent named `name` is listed as connected.
+    pub async fn wait_agent_connected(&self, name: &str, within: Duration) {
+        let admin = self.admin().await;
+        eventually(within, &format!("agent {name} to be connected"), || {
+            let mut admin = admin.clone();
+            async move {
+                let agents = admin.list_agents(ListAgentsRequest {}).await.ok()?.into_inner().agents;
+                agents.iter().any(|a| a.id == name && a.connected).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Runs the `baton` CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use std::io::Write;
@@ -249,6 +319,121 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+/// A TCP proxy in front of one address, for partitioning a process from it:
+/// [`FaultProxy::cut`] closes every proxied connection and refuses new ones,
+/// [`FaultProxy::stall`] keeps connections open but forwards nothing (a silent partition,
+/// like iptables DROP: the bytes wait), [`FaultProxy::heal`] ends either.
+///
+/// It runs on its own runtime thread, so it keeps forwarding while a test blocks its own.
+pub struct FaultProxy {
+    pub port: u16,
+    link: watch::Sender<Link>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LinkMode {
+    Open,
+    Stalled,
+    Cut,
+}
+
+/// The proxy's state; `cuts` counts cuts, so a connection that outlived one knows it.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    mode: LinkMode,
+    cuts: u64,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fault-proxy")
+            .enable_all()
+            .build()
+            .expect("a runtime for the fault proxy");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port for the fault proxy");
+        let port = listener.local_addr().expect("a bound listener has an address").port();
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let (link, _) = watch::channel(Link { mode: LinkMode::Open, cuts: 0 });
+        let links = link.subscribe();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            while let Ok((client, _)) = listener.accept().await {
+                let at = *links.borrow();
+                // While cut, a new connection is accepted and closed at once.
+                if at.mode != LinkMode::Cut {
+                    tokio::spawn(proxy_connection(client, upstream, links.clone(), at.cuts));
+                }
+            }
+        });
+        Self { port, link, runtime: Some(runtime) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every proxied connection (both sides) and refuses new ones until [`FaultProxy::heal`].
+    pub fn cut(&self) {
+        self.link.send_modify(|l| {
+            l.mode = LinkMode::Cut;
+            l.cuts += 1;
+        });
+    }
+
+    /// Stops forwarding in both directions, keeping connections open, until [`FaultProxy::heal`].
+    pub fn stall(&self) {
+        self.link.send_modify(|l| l.mode = LinkMode::Stalled);
+    }
+
+    /// Forwards again (what waited during a stall goes through) and accepts new connections.
+    pub fn heal(&self) {
+        self.link.send_modify(|l| l.mode = LinkMode::Open);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Not `drop`: dropping a runtime inside a test's async context panics.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn proxy_connection(client: tokio::net::TcpStream, upstream: SocketAddr, link: watch::Receiver<Link>, cuts: u64) {
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let mut cut = link.clone();
+    tokio::select! {
+        _ = forward(client_read, server_write, link.clone()) => {}
+        _ = forward(server_read, client_write, link) => {}
+        _ = cut.wait_for(|l| l.cuts != cuts) => {}
+    }
+    // Returning drops both connections: each side sees its peer close.
+}
+
+/// Copies bytes one way; while the link is not open they wait here (and, once this buffer
+/// is full, in the kernel's).
+async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // A statement of its own, so the borrow of the link ends before the write.
+        let open = link.wait_for(|l| l.mode == LinkMode::Open).await.is_ok();
+        if !open || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

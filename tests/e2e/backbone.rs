@@ -16,28 +16,13 @@ pub fn request(spec: JobSpec) -> SubmitJobRequest {
     SubmitJobRequest { spec: Some(spec), idempotency_key: String::new() }
 }
 
-/// Polls the job until `done` holds (or panics after `within`) and returns it.
-async fn job_until(cluster: &Cluster, id: &str, within: Duration, what: &str, done: impl Fn(&Job) -> bool) -> Job {
-    let client = cluster.jobs().await;
-    let done = &done;
-    eventually(within, &format!("job {id} to {what}"), || {
-        let mut client = client.clone();
-        let id = id.to_string();
-        async move {
-            let job = client.get_job(GetJobRequest { id }).await.ok()?.into_inner();
-            done(&job).then_some(job)
-        }
-    })
-    .await
-}
-
 /// Waits until the job is in a finished state and returns it.
 pub async fn finished(cluster: &Cluster, id: &str, within: Duration) -> Job {
-    job_until(cluster, id, within, "finish", |j| j.state().is_terminal()).await
+    cluster.wait_job(id, within, "finish", |j| j.state().is_terminal()).await
 }
 
 async fn wait_state(cluster: &Cluster, id: &str, state: JobState) -> Job {
-    job_until(cluster, id, Duration::from_secs(20), &format!("be {}", state.short_name()), |j| j.state() == state).await
+    cluster.wait_job(id, Duration::from_secs(20), &format!("be {}", state.short_name()), |j| j.state() == state).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 
 mod backbone;
 mod browser;
+mod faults;
 mod gpt2;
+mod history;
 mod invalid;
 mod traces;
