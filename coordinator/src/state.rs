@@ -867,7 +867,7 @@ mod tests {
         assert_eq!(s.job("j").unwrap().state(), JobState::Queued);
         // Its late success for attempt 1 is acknowledged, not applied, while queued...
         let ack = Action::Ack { agent_id: "a".into(), job_id: "j".into(), attempt: 1 };
-        assert_eq!(s.finished("a", report("j", 1, None)), [ack.clone()]);
+        assert_eq!(s.finished("a", report("j", 1, None)), std::slice::from_ref(&ack));
         assert_eq!(s.job("j").unwrap().state(), JobState::Queued);
         // ...and once attempt 2 runs elsewhere.
         s.hello(&hello("b", 1, &[]), t0 + Duration::from_secs(11));
