@@ -315,3 +315,37 @@ async fn a_rare_label_is_found_through_short_pages() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("needle"), "{out}");
 }
+
+/// Issue 8: finished jobs are removed after the retention, oldest first; open ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_past_the_retention_are_removed_oldest_first() {
+    let mut cluster = Cluster::start(&["--keep-finished-jobs", "2"], &[]).await;
+    cluster.add_agent("a1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = client.submit_job(request(sleep_spec(0))).await.unwrap().into_inner().id;
+        finished(&cluster, &id, Duration::from_secs(10)).await;
+        ids.push(id);
+    }
+    let open = JobSpec {
+        requirements: Some(baton_proto::v1::Requirements {
+            agent_labels: [("pool".to_string(), "none".to_string())].into(),
+            min_cpu_cores: 0,
+        }),
+        ..sleep_spec(0)
+    };
+    let open = client.submit_job(request(open)).await.unwrap().into_inner().id;
+    for gone in &ids[..2] {
+        eventually(Duration::from_secs(5), "the oldest finished jobs to go", || {
+            let mut client = client.clone();
+            let id = gone.clone();
+            async move { client.get_job(GetJobRequest { id }).await.err().filter(|s| s.code() == tonic::Code::NotFound) }
+        })
+        .await;
+    }
+    for kept in ids[2..].iter().chain([&open]) {
+        client.get_job(GetJobRequest { id: kept.clone() }).await.expect("kept");
+    }
+}

@@ -83,6 +83,26 @@ async fn the_api_names_the_field_and_the_rule() {
         bad,
         "states: 42 is not a job state",
     );
+    assert_status(
+        c.list_jobs(ListJobsRequest { view: 7, ..Default::default() }).await,
+        bad,
+        "view: 7 is not a job view",
+    );
+    // Issue 8: a spec over the stated size is refused naming the limit, also well past
+    // gRPC's default 4 MiB message size.
+    let big = JobSpec { labels: (0..2400).map(|i| (format!("k{i}"), "v".repeat(250))).collect(), ..sleep_spec(1) };
+    let status = c.submit_job(request(big)).await.expect_err("a 600 KiB spec is refused");
+    assert_eq!(status.code(), bad, "{status:?}");
+    assert!(
+        status.message().starts_with("spec: is 6")
+            && status.message().ends_with("KiB encoded; at most 512.0 KiB is accepted"),
+        "{}",
+        status.message()
+    );
+    let huge = JobSpec { labels: (0..20_000).map(|i| (format!("k{i}"), "v".repeat(250))).collect(), ..sleep_spec(1) };
+    let status = c.submit_job(request(huge)).await.expect_err("a 5 MiB spec is refused");
+    assert_eq!(status.code(), bad, "{status:?}");
+    assert!(status.message().starts_with("spec: is 5.0 MiB encoded"), "{}", status.message());
     let mut admin = cluster.admin().await;
     assert_status(
         admin.drain_agent(DrainAgentRequest { agent_id: "ghost".into() }).await,
