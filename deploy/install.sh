@@ -38,6 +38,18 @@ if [ ! -x "$GOBIN/jaeger" ]; then
   rm -rf "$tmp"
 fi
 
+# etcd 3.6 (the store of several coordinators): go.etcd.io/etcd/server/v3 has replace
+# directives too, so build etcdmain from a three-line wrapper module.
+if [ ! -x "$GOBIN/etcd" ]; then
+  echo "==> building etcd v3.6.16 from the Go module proxy"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && go mod init etcd-build >/dev/null 2>&1 &&
+   printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' > main.go &&
+   go get go.etcd.io/etcd/server/v3@v3.6.16 && go mod tidy &&
+   go build -trimpath -ldflags "-s -w" -o "$GOBIN/etcd" .)
+  rm -rf "$tmp"
+fi
+
 if [ ! -f .venv/.baton-ready ]; then
   echo "==> python venv .venv (torch 2.11.0, transformers, selenium)"
   python3 -m venv .venv

@@ -297,6 +297,18 @@ impl Cluster {
         .await;
     }
 
+    /// Runs `grpcurl -plaintext ADDR ARGS...` against the coordinator; returns what it
+    /// printed (stdout, then stderr), whatever its exit status.
+    pub fn grpcurl(&self, args: &[&str]) -> String {
+        let out = Command::new(tool("grpcurl"))
+            .arg("-plaintext")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(args)
+            .output()
+            .expect("running grpcurl");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
     /// Runs the `baton` CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use std::io::Write;
@@ -434,6 +446,62 @@ async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watc
         if !open || to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// A real etcd (one member, built by deploy/install.sh) on free loopback ports, with its
+/// data in a temp dir and fsync on (etcd's default).
+pub struct Etcd {
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+    pub proc: Proc,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("etcd");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let proc = Self::spawn(&dir, client_port, peer_port);
+        let etcd = Self { endpoint: format!("http://127.0.0.1:{client_port}"), proc, client_port, peer_port, dir };
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    fn spawn(dir: &TempDir, client_port: u16, peer_port: u16) -> Proc {
+        let (client, peer) = (format!("http://127.0.0.1:{client_port}"), format!("http://127.0.0.1:{peer_port}"));
+        let mut cmd = Command::new(tool("etcd"));
+        cmd.args(["--name", "m0", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("m0={peer}")]);
+        Proc::spawn("etcd", cmd, &dir.0)
+    }
+
+    /// Waits until etcd's /health says it is healthy.
+    pub async fn wait_healthy(&self) {
+        let health = format!("{}/health", self.endpoint);
+        eventually(Duration::from_secs(30), "etcd to be healthy", || {
+            let health = health.clone();
+            async move { http_get_json(&health).ok().filter(|v| v["health"] == "true") }
+        })
+        .await;
+    }
+
+    /// kill -9, then start again on the same data and ports.
+    pub async fn restart(&mut self) {
+        self.proc.kill9();
+        self.proc = Self::spawn(&self.dir, self.client_port, self.peer_port);
+        self.wait_healthy().await;
+    }
+
+    /// The coordinator flags that put its store here.
+    pub fn coordinator_args(&self) -> [&str; 4] {
+        ["--store", "etcd", "--etcd-endpoints", self.endpoint.as_str()]
     }
 }
 

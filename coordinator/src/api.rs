@@ -40,6 +40,15 @@ impl From<StateError> for Status {
     }
 }
 
+impl From<crate::core::Error> for Status {
+    fn from(e: crate::core::Error) -> Self {
+        match e {
+            crate::core::Error::State(e) => e.into(),
+            crate::core::Error::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
 fn invalid(e: SpecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -101,7 +110,7 @@ impl JobService for Api {
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        self.coordinator.get(&id).await.map(Response::new).ok_or_else(|| StateError::JobNotFound(id).into())
+        Ok(Response::new(self.coordinator.get(&id).await?))
     }
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
@@ -134,7 +143,7 @@ impl JobService for Api {
             Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
         };
         let filter = JobFilter { states, labels: req.labels };
-        let (jobs, next) = self.coordinator.list(&filter, before, page_size, full).await;
+        let (jobs, next) = self.coordinator.list(&filter, before, page_size, full).await?;
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }
 
@@ -143,7 +152,7 @@ impl JobService for Api {
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        let (job, rx) = self.coordinator.watch(&id).await.ok_or(StateError::JobNotFound(id))?;
+        let (job, rx) = self.coordinator.watch(&id).await?;
         let Some(rx) = rx else {
             return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
         };

@@ -12,7 +12,7 @@
 
 use crate::record::{JobRecord, view as record_view};
 use crate::state::{Action, AgentEntry, Retention, State, StateError};
-use crate::store::{Commit, Store};
+use crate::store::{Commit, Store, StoreError};
 use baton_proto::job::to_system_time;
 use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_result_limit};
 use baton_proto::telemetry::{extract, inject};
@@ -94,6 +94,15 @@ impl Inner {
     }
 }
 
+/// Why a call could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the store cannot be read: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// A change waiting to become durable: await [`Coordinator::durable`] on it.
 #[must_use]
 pub struct Ticket(Option<u64>);
@@ -101,6 +110,9 @@ pub struct Ticket(Option<u64>);
 pub struct Coordinator {
     inner: Mutex<Inner>,
     store: Arc<dyn Store>,
+    /// False while the store refuses commits: nothing is acknowledged then, and health
+    /// says NOT_SERVING.
+    store_ok: watch::Sender<bool>,
     wake_writer: Notify,
     committed: watch::Sender<u64>,
     commits: AtomicU64,
@@ -109,9 +121,9 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
+    pub async fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
         let began = Instant::now();
-        let stored = store.load()?;
+        let stored = store.load().await?;
         let state = State::restore(stored.jobs, stored.drained_agents, Instant::now());
         tracing::info!(
             jobs = state.job_count(),
@@ -129,6 +141,7 @@ impl Coordinator {
                 dirty: HashMap::new(),
             }),
             store,
+            store_ok: watch::Sender::new(true),
             wake_writer: Notify::new(),
             committed: watch::Sender::new(0),
             commits: AtomicU64::new(0),
@@ -182,21 +195,13 @@ impl Coordinator {
                     inner.pending_generation += 1;
                     (std::mem::take(&mut inner.pending), generation)
                 };
-                let change = Commit {
+                let change = Arc::new(Commit {
                     jobs: batch.jobs.into_values().collect(),
                     results: batch.results,
                     removed: batch.removed,
                     drained_agents: batch.drained_agents,
-                };
-                let store = self.store.clone();
-                let began = Instant::now();
-                let committed = tokio::task::spawn_blocking(move || store.commit(&change).map(|()| change)).await;
-                tracing::debug!(commit_us = began.elapsed().as_micros() as u64, generation, "store commit");
-                let change = match committed {
-                    Ok(Ok(change)) => change,
-                    Ok(Err(e)) => fatal(&e.to_string()),
-                    Err(e) => fatal(&e.to_string()),
-                };
+                });
+                self.commit_until_durable(&change, generation).await;
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.job_writes.fetch_add(change.jobs.len() as u64, Ordering::Relaxed);
                 self.lock().dirty.retain(|_, g| *g > generation);
@@ -204,7 +209,7 @@ impl Coordinator {
                 for effect in batch.effects {
                     run_effect(effect);
                 }
-                self.notify_watchers(change);
+                self.notify_watchers(&change);
             }
         }
     }
@@ -218,16 +223,49 @@ impl Coordinator {
         tracing::info!(commits, job_writes = writes, jobs_per_commit, "store statistics");
     }
 
+    /// Commits one batch, trying again (with backoff, forever) while the store refuses:
+    /// nothing in it is acknowledged until it is durable, and health says NOT_SERVING
+    /// meanwhile.
+    async fn commit_until_durable(&self, change: &Arc<Commit>, generation: u64) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let began = Instant::now();
+            match self.store.commit(change.clone()).await {
+                Ok(()) => {
+                    tracing::debug!(commit_us = began.elapsed().as_micros() as u64, generation, "store commit");
+                    if !*self.store_ok.borrow() {
+                        tracing::info!("the store takes commits again; serving");
+                        self.store_ok.send_replace(true);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if *self.store_ok.borrow() {
+                        tracing::error!(error = %e, "the store refuses commits: acknowledging nothing until it is back");
+                        self.store_ok.send_replace(false);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Whether the store takes commits, now and as it changes.
+    pub fn store_health(&self) -> watch::Receiver<bool> {
+        self.store_ok.subscribe()
+    }
+
     /// Sends each watched job's committed version (with its result once finished).
-    fn notify_watchers(&self, change: Commit) {
+    fn notify_watchers(&self, change: &Commit) {
         let mut inner = self.lock();
         if inner.watchers.is_empty() {
             return;
         }
-        let mut results: HashMap<String, JobResult> = change.results.into_iter().collect();
+        let results: HashMap<&str, &JobResult> = change.results.iter().map(|(id, r)| (id.as_str(), r)).collect();
         for job in &change.jobs {
             if let Some(w) = inner.watchers.get(&job.id) {
-                w.send_replace(view(&inner.state, job, results.remove(&job.id)));
+                w.send_replace(view(&inner.state, job, results.get(job.id.as_str()).map(|r| (*r).clone())));
                 if job.state().is_terminal() {
                     inner.watchers.remove(&job.id);
                 }
@@ -247,16 +285,12 @@ impl Coordinator {
         }
     }
 
-    /// A finished job's result, from the store. A store that cannot be read is fatal, as
-    /// for writes: serving a job without its result would be a lie.
-    fn result(&self, job: &JobRecord) -> Option<JobResult> {
+    /// A finished job's result, from the store.
+    async fn result(&self, job: &JobRecord) -> Result<Option<JobResult>, StoreError> {
         if !job.has_result {
-            return None;
+            return Ok(None);
         }
-        match self.store.result(&job.id) {
-            Ok(result) => result,
-            Err(e) => fatal(&e.to_string()),
-        }
+        self.store.result(&job.id).await
     }
 
     /// Checks leases and deadlines, and removes finished jobs past the retention (a
@@ -331,15 +365,16 @@ impl Coordinator {
         records.iter().map(|j| view(&inner.state, j, None)).collect()
     }
 
-    pub async fn get(&self, id: &str) -> Option<Job> {
+    pub async fn get(&self, id: &str) -> Result<Job, Error> {
         let record = self
             .read_durable(|inner| match inner.dirty_generation([id]) {
                 Some(generation) => Err(generation),
                 None => Ok(inner.state.job(id).cloned()),
             })
-            .await?;
-        let result = self.result(&record);
-        Some(view(&self.lock().state, &record, result))
+            .await
+            .ok_or_else(|| StateError::JobNotFound(id.to_string()))?;
+        let result = self.result(&record).await?;
+        Ok(view(&self.lock().state, &record, result))
     }
 
     /// Newest first below `before_seq`, with results only when `full`; returns the page
@@ -351,7 +386,7 @@ impl Coordinator {
         before_seq: Option<u64>,
         page_size: usize,
         full: bool,
-    ) -> (Vec<Job>, Option<u64>) {
+    ) -> Result<(Vec<Job>, Option<u64>), Error> {
         // A page examines at most MAX_SCAN jobs, so a filter few jobs match never holds the
         // lock for long; such a page may come back short, with a token to go on.
         const MAX_SCAN: usize = 10_000;
@@ -379,21 +414,21 @@ impl Coordinator {
         let mut jobs = Vec::with_capacity(records.len());
         let mut bytes = 0;
         for record in &records {
-            let result = if full { self.result(record) } else { None };
+            let result = if full { self.result(record).await? } else { None };
             let job = view(&self.lock().state, record, result);
             bytes += job.encoded_len();
             if bytes > MAX_PAGE_BYTES && !jobs.is_empty() {
                 // Cut by size: go on below the last job sent.
                 let last = records[jobs.len() - 1].seq;
-                return (jobs, Some(last));
+                return Ok((jobs, Some(last)));
             }
             jobs.push(job);
         }
-        (jobs, resume)
+        Ok((jobs, resume))
     }
 
     /// The job now, and a receiver of its later versions (none once it is finished).
-    pub async fn watch(&self, id: &str) -> Option<(Job, Option<watch::Receiver<Job>>)> {
+    pub async fn watch(&self, id: &str) -> Result<(Job, Option<watch::Receiver<Job>>), Error> {
         let (record, rx) = self
             .read_durable(|inner| {
                 if let Some(generation) = inner.dirty_generation([id]) {
@@ -407,19 +442,20 @@ impl Coordinator {
                 let rx = inner.watchers.entry(id.to_string()).or_insert_with(|| watch::Sender::new(job)).subscribe();
                 Ok(Some((record, Some(rx))))
             })
-            .await?;
-        let result = self.result(&record);
-        Some((view(&self.lock().state, &record, result), rx))
+            .await
+            .ok_or_else(|| StateError::JobNotFound(id.to_string()))?;
+        let result = self.result(&record).await?;
+        Ok((view(&self.lock().state, &record, result), rx))
     }
 
-    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, StateError> {
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, Error> {
         let (result, ticket) = self.mutate(|inner| match inner.state.cancel(id, reason) {
             Ok(actions) => (Ok(()), actions),
             Err(e) => (Err(e), Vec::new()),
         });
         result?;
         self.durable(ticket).await;
-        self.get(id).await.ok_or_else(|| StateError::JobNotFound(id.to_string()))
+        self.get(id).await
     }
 
     // ---- agents -----------------------------------------------------------------------
@@ -644,9 +680,4 @@ fn trace_dispatch(job: &JobRecord, decided_at: SystemTime) -> HashMap<String, St
     let cx = Context::new().with_remote_span_context(dispatch.span_context().clone());
     dispatch.end();
     inject(&cx)
-}
-
-fn fatal(error: &str) -> ! {
-    tracing::error!(error, "cannot write the store; stopping rather than acknowledge what is not durable");
-    std::process::exit(1)
 }

@@ -1,9 +1,9 @@
-//! `baton-coordinator --listen ADDR --data-dir DIR`
+//! `baton-coordinator --listen ADDR [--data-dir DIR | --store etcd --etcd-endpoints URL,...]`
 
 use anyhow::Context as _;
 use baton_coordinator::core::Config;
 use baton_coordinator::state::Retention;
-use baton_coordinator::store::RedbStore;
+use baton_coordinator::store::{EtcdStore, RedbStore, Store};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +17,18 @@ struct Args {
     /// gRPC address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070", env = "BATON_LISTEN")]
     listen: String,
+    /// Where jobs are kept: `embedded` (a redb file in --data-dir) or `etcd`.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "BATON_STORE")]
+    store: StoreKind,
     /// Directory of the embedded store.
     #[arg(long, default_value = "baton-data", env = "BATON_DATA_DIR")]
     data_dir: PathBuf,
+    /// etcd's client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379", env = "BATON_ETCD_ENDPOINTS")]
+    etcd_endpoints: Vec<String>,
+    /// The key prefix under which this baton keeps its state in etcd.
+    #[arg(long, default_value = "/baton/", env = "BATON_ETCD_PREFIX")]
+    etcd_prefix: String,
     /// An agent silent this long is lost and its jobs go back to the queue (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_timeout: Duration,
@@ -34,6 +43,12 @@ struct Args {
     keep_finished_jobs: usize,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StoreKind {
+    Embedded,
+    Etcd,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -41,7 +56,12 @@ async fn main() -> anyhow::Result<()> {
     if args.heartbeat_interval >= args.lease_timeout {
         anyhow::bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
-    let store = RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Embedded => {
+            Arc::new(RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?)
+        }
+        StoreKind::Etcd => Arc::new(EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix).await?),
+    };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = CancellationToken::new();
@@ -52,5 +72,5 @@ async fn main() -> anyhow::Result<()> {
     });
     let retention = Retention { max_age: args.keep_finished_for, max_jobs: args.keep_finished_jobs };
     let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval, retention };
-    baton_coordinator::server::serve(listener, Arc::new(store), config, shutdown).await
+    baton_coordinator::server::serve(listener, store, config, shutdown).await
 }

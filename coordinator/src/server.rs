@@ -12,6 +12,7 @@ use baton_proto::v1::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -19,15 +20,27 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let coordinator = Coordinator::new(store, config)?;
+    let coordinator = Coordinator::new(store, config).await?;
     tokio::spawn(coordinator.clone().run_writer());
     tokio::spawn(coordinator.clone().run_expiry());
     let api = Api { coordinator: coordinator.clone(), shutdown: shutdown.clone() };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<Api>>().await;
-    health.set_serving::<AgentServiceServer<Api>>().await;
-    health.set_serving::<AdminServiceServer<Api>>().await;
+    // Health follows the store: NOT_SERVING while it refuses commits (nothing is
+    // acknowledged then), SERVING again when it is back.
+    let mut store_ok = coordinator.store_health();
+    tokio::spawn(async move {
+        loop {
+            let status = if *store_ok.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status("baton.v1.JobService", status).await;
+            health.set_service_status("baton.v1.AgentService", status).await;
+            health.set_service_status("baton.v1.AdminService", status).await;
+            if store_ok.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -8,7 +8,7 @@
 use crate::backbone::{finished, request, sleep_spec};
 use crate::history::{Recorder, Seen};
 use baton_proto::v1::{Job, JobSpec, JobState, NoopSpec, Requirements, SubmitJobRequest, job_spec};
-use baton_tests::{Cluster, FaultProxy, Site};
+use baton_tests::{Cluster, Etcd, FaultProxy, Site, eventually};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
@@ -89,11 +89,13 @@ async fn agents_killed_with_sigkill_while_jobs_flow_lose_and_repeat_no_job() {
     recorder.check(&cluster, Some(seed), SETTLE).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_killed_with_sigkill_again_and_again_loses_and_repeats_no_acknowledged_job() {
+/// Kills the coordinator with SIGKILL four times while about 200 jobs flow; every
+/// acknowledged job must finish exactly once. `store` are the coordinator's store flags.
+async fn coordinator_kill_loop(store: &[&str]) {
     let seed = seed();
     let mut rng = Rng::new(seed);
-    let mut cluster = Cluster::start(&["--lease-timeout", "3s", "--heartbeat-interval", "500ms"], &[]).await;
+    let args = [&["--lease-timeout", "3s", "--heartbeat-interval", "500ms"], store].concat();
+    let mut cluster = Cluster::start(&args, &[]).await;
     cluster.add_agent("a1", 4, &[]);
     cluster.add_agent("a2", 4, &[]);
     cluster.wait_agents(2).await;
@@ -111,6 +113,50 @@ async fn coordinator_killed_with_sigkill_again_and_again_loses_and_repeats_no_ac
     let acked = workload.finish().await;
     assert!(acked >= 100, "only {acked} jobs were acknowledged");
     recorder.check(&cluster, Some(seed), SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_with_sigkill_again_and_again_loses_and_repeats_no_acknowledged_job() {
+    coordinator_kill_loop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_coordinator_killed_again_and_again_loses_and_repeats_no_acknowledged_job() {
+    let etcd = Etcd::start().await;
+    coordinator_kill_loop(&etcd.coordinator_args()).await;
+}
+
+/// Issue 9: while etcd is down the coordinator acknowledges nothing and says NOT_SERVING;
+/// when etcd is back it commits what waited, answers, and says SERVING, by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_is_back() {
+    let mut etcd = Etcd::start().await;
+    let mut cluster = Cluster::start(&etcd.coordinator_args(), &[]).await;
+    cluster.add_agent("a1", 2, &[]);
+    cluster.wait_agents(1).await;
+    let recorder = Recorder::start(&cluster);
+    let before = recorder.submit_one(request(sleep_spec(100))).await;
+    finished(&cluster, &before, secs(10)).await;
+
+    recorder.fault("kill -9 etcd");
+    etcd.proc.kill9();
+    let submitting = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move { recorder.submit_one(request(sleep_spec(100))).await })
+    };
+    let health = || cluster.grpcurl(&["grpc.health.v1.Health/Check"]);
+    eventually(secs(10), "health to say NOT_SERVING", || async { health().contains("NOT_SERVING").then_some(()) })
+        .await;
+    sleep(secs(1)).await;
+    assert!(!submitting.is_finished(), "a submit was acknowledged while etcd was down");
+
+    recorder.fault("restart etcd");
+    etcd.restart().await;
+    let during = tokio::time::timeout(secs(15), submitting).await.expect("the submit is answered once etcd is back");
+    let job = finished(&cluster, &during.expect("the submit task"), secs(15)).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
+    eventually(secs(5), "health to say SERVING", || async { (!health().contains("NOT_SERVING")).then_some(()) }).await;
+    recorder.check(&cluster, None, SETTLE).await;
 }
 
 /// How a [`FaultProxy`] partitions an agent from the coordinator.
