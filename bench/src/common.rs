@@ -129,7 +129,12 @@ pub fn json_f64(v: &serde_json::Value, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number at {pointer} in the reference's JSON"))
 }
 
+/// The value after `--flag` on the command line.
+pub fn flag(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != flag).nth(1)
+}
+
 /// The value of `--flag N` on the command line, or `default`.
-pub fn flag_usize(flag: &str, default: usize) -> usize {
-    std::env::args().skip_while(|a| a != flag).nth(1).and_then(|v| v.parse().ok()).unwrap_or(default)
+pub fn flag_usize(name: &str, default: usize) -> usize {
+    flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -10,15 +10,18 @@
 //! Backlog figures: the coordinator's resident memory per queued job, its CPU while
 //! nothing changes, and how long a restart (kill -9) takes until it answers again.
 //!
-//! `cargo build --release --bins && target/release/bench-pipeline [--jobs N] [--backlog N]`
+//! With `--store etcd` the 8-agent figures run again with the coordinator on a real etcd
+//! (one member, fsync on), side by side with the embedded store.
+//!
+//! `cargo build --release --bins && target/release/bench-pipeline [--jobs N] [--backlog N] [--store etcd]`
 
-use baton_bench::{percentile, ratio};
+use baton_bench::{flag, percentile, ratio};
 use baton_proto::job::to_system_time;
 use baton_proto::v1::job_service_client::JobServiceClient;
 use baton_proto::v1::{
     GetJobRequest, JobSpec, NoopSpec, Requirements, SubmitJobRequest, SubmitJobsRequest, WatchJobRequest, job_spec,
 };
-use baton_tests::Cluster;
+use baton_tests::{Cluster, Etcd};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -178,20 +181,7 @@ async fn backlog(jobs: usize, measured: usize, empty: (f64, f64, f64)) {
     let (p50, p99) = latency(&cluster, 1000).await;
     let rate = throughput(&cluster, measured).await;
 
-    let (empty_p50, empty_p99, empty_rate) = empty;
-    println!("{:<40} | {:>12} | {:>12} | {:>7} | aim", "figure", "empty queue", "backlog", "ratio");
-    let row = |name: &str, e: String, b: String, r: String, aim: &str| {
-        println!("{name:<40} | {e:>12} | {b:>12} | {r:>7} | {aim}");
-    };
-    row("dispatch p50", format!("{empty_p50:.3} ms"), format!("{p50:.3} ms"), ratio(p50, empty_p50), "");
-    row("dispatch p99", format!("{empty_p99:.3} ms"), format!("{p99:.3} ms"), ratio(p99, empty_p99), "≤ 2 ms");
-    row(
-        "throughput (noop, submit → done)",
-        format!("{empty_rate:.0}/s"),
-        format!("{rate:.0}/s"),
-        ratio(rate, empty_rate),
-        "≥ 20,000/s",
-    );
+    compare("1M queued", empty, (p50, p99, rate), ("≤ 2 ms", "≥ 20,000/s"));
     row("backlog's runnable half drained", "-".into(), format!("{drain_rate:.0}/s"), "-".into(), "");
     row("submit of the backlog", "-".into(), format!("{submit_rate:.0}/s"), "-".into(), "");
     row("resident memory per queued job", "-".into(), format!("{per_job:.0} B"), "-".into(), "≤ 1,024 B");
@@ -199,6 +189,43 @@ async fn backlog(jobs: usize, measured: usize, empty: (f64, f64, f64)) {
     row("coordinator CPU, 5 s with nothing changing", "-".into(), format!("{idle_cpu:.1} %"), "-".into(), "≈ 0");
     row("restart (kill -9) until it answers", "-".into(), format!("{ready_s:.2} s"), "-".into(), "≤ 10 s");
     row("  of which loading the store", "-".into(), format!("{load_ms} ms"), "-".into(), "");
+}
+
+/// Dispatch p50, p99 and throughput with `agents` agents and a coordinator started with
+/// `args`; prints the row.
+async fn measure(args: &[&str], agents: usize, jobs: usize) -> (f64, f64, f64) {
+    let mut cluster = Cluster::start(args, &[]).await;
+    for i in 0..agents {
+        cluster.add_agent(&format!("bench-{i}"), SLOTS, &[]);
+    }
+    cluster.wait_agents(agents).await;
+    let (p50, p99) = latency(&cluster, 1000).await;
+    let _ = throughput(&cluster, 5_000).await; // warm-up
+    let rate = throughput(&cluster, jobs).await;
+    cluster.coordinator.as_mut().expect("running").terminate();
+    let per_commit = logged(&cluster, "jobs_per_commit");
+    println!("{agents:>7} | {p50:>11.3} ms | {p99:>11.3} ms | {rate:>8.0} jobs/s | {per_commit:>12}");
+    (p50, p99, rate)
+}
+
+/// One row of a side-by-side table: figure, reference, measured, ratio, aim.
+fn row(name: &str, reference: String, measured: String, ratio: String, aim: &str) {
+    println!("{name:<42} | {reference:>12} | {measured:>12} | {ratio:>7} | {aim}");
+}
+
+/// The empty-queue embedded figures against another run's, with ratios and aims.
+fn compare(name: &str, empty: (f64, f64, f64), other: (f64, f64, f64), aims: (&str, &str)) {
+    let ((e50, e99, erate), (o50, o99, orate)) = (empty, other);
+    row("figure (8 agents)", "embedded".into(), name.into(), "ratio".into(), "aim");
+    row("dispatch p50", format!("{e50:.3} ms"), format!("{o50:.3} ms"), ratio(o50, e50), "");
+    row("dispatch p99", format!("{e99:.3} ms"), format!("{o99:.3} ms"), ratio(o99, e99), aims.0);
+    row(
+        "throughput (noop, submit → done)",
+        format!("{erate:.0}/s"),
+        format!("{orate:.0}/s"),
+        ratio(orate, erate),
+        aims.1,
+    );
 }
 
 #[tokio::main]
@@ -212,18 +239,13 @@ async fn main() {
     );
     let mut empty = (0.0, 0.0, 0.0);
     for agents in [1usize, AGENTS] {
-        let mut cluster = Cluster::start(&[], &[]).await;
-        for i in 0..agents {
-            cluster.add_agent(&format!("bench-{i}"), SLOTS, &[]);
-        }
-        cluster.wait_agents(agents).await;
-        let (p50, p99) = latency(&cluster, 1000).await;
-        let _ = throughput(&cluster, 5_000).await; // warm-up
-        let rate = throughput(&cluster, jobs).await;
-        cluster.coordinator.as_mut().expect("running").terminate();
-        let per_commit = logged(&cluster, "jobs_per_commit");
-        println!("{agents:>7} | {p50:>11.3} ms | {p99:>11.3} ms | {rate:>8.0} jobs/s | {per_commit:>12}");
-        empty = (p50, p99, rate);
+        empty = measure(&[], agents, jobs).await;
+    }
+    if flag("--store").as_deref() == Some("etcd") {
+        let etcd = Etcd::start().await;
+        println!("\nthe same with the coordinator's store on etcd (one member, fsync on):");
+        let on_etcd = measure(&etcd.coordinator_args(), AGENTS, jobs).await;
+        compare("etcd", empty, on_etcd, ("≤ 5 ms", "≥ 5,000/s"));
     }
     if backlog_jobs > 0 {
         backlog(backlog_jobs, jobs, empty).await;
