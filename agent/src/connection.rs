@@ -4,6 +4,7 @@
 //! message each; reports queued for a broken stream are superseded by that.
 
 use crate::runner::Runner;
+use baton_proto::LEADER_METADATA;
 use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::agent_service_client::AgentServiceClient;
 use baton_proto::v1::{
@@ -35,9 +36,11 @@ pub struct Stopping {
     pub close: CancellationToken,
 }
 
-/// Runs until `stopping.close` fires.
+/// Runs until `stopping.close` fires. With several coordinators it tries them in turn and
+/// goes straight to the leader when a follower names it; it backs off only after every
+/// coordinator failed once.
 pub async fn run(
-    coordinator: String,
+    coordinators: Vec<String>,
     identity: Identity,
     runner: Arc<Runner>,
     mut events: mpsc::UnboundedReceiver<AgentMessage>,
@@ -45,18 +48,32 @@ pub async fn run(
 ) {
     let shutdown = stopping.close.clone();
     let mut backoff = MIN_BACKOFF;
+    let mut turn = 0;
+    let mut leader: Option<String> = None;
     loop {
+        let coordinator = leader.take().unwrap_or_else(|| coordinators[turn % coordinators.len()].clone());
         let session = session(&coordinator, &identity, &runner, &mut events, &stopping);
         let connected_for = tokio::time::Instant::now();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             result = session => match result {
                 Ok(()) => tracing::warn!(coordinator = %coordinator, "coordinator closed the stream"),
-                Err(e) => tracing::warn!(coordinator = %coordinator, error = %e, "cannot reach the coordinator"),
+                Err(e) => match leader_named_in(&e) {
+                    Some(url) => {
+                        tracing::info!(coordinator = %coordinator, leader = %url, "following the coordinator to its leader");
+                        leader = Some(url);
+                        continue;
+                    }
+                    None => tracing::warn!(coordinator = %coordinator, error = %e, "cannot reach the coordinator"),
+                },
             },
         }
         if connected_for.elapsed() > MAX_BACKOFF {
             backoff = MIN_BACKOFF;
+        }
+        turn += 1;
+        if turn % coordinators.len() != 0 {
+            continue;
         }
         // Up to 100 ms of jitter, from the clock's nanoseconds, spreads a fleet's reconnects.
         let jitter =
@@ -67,6 +84,12 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The leader a follower named when it turned the agent away.
+fn leader_named_in(error: &anyhow::Error) -> Option<String> {
+    let status = error.downcast_ref::<tonic::Status>()?;
+    status.metadata().get(LEADER_METADATA)?.to_str().ok().map(str::to_string)
 }
 
 fn msg(kind: agent_message::Kind) -> AgentMessage {
@@ -83,7 +106,10 @@ async fn session(
     let channel = tonic::transport::Endpoint::from_shared(coordinator.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        // A coordinator that stops answering (paused, cut off) is noticed within ~3 s.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
     // Reports queued while away are superseded by the hello (what runs) and the

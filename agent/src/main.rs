@@ -1,4 +1,4 @@
-//! `baton-agent --coordinator URL [--slots N] [--label k=v]...`
+//! `baton-agent --coordinator URL[,URL...] [--slots N] [--label k=v]...`
 
 use baton_agent::connection::{self, Identity, Stopping};
 use baton_agent::executor::{Builtin, Executor};
@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The coordinator's gRPC URL.
-    #[arg(long, env = "BATON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
-    coordinator: String,
+    /// The coordinator's gRPC URL; several, comma-separated, when coordinators share etcd
+    /// (the agent finds the leader).
+    #[arg(long, env = "BATON_COORDINATOR", default_value = "http://127.0.0.1:7070", value_delimiter = ',')]
+    coordinator: Vec<String>,
     /// Jobs run at the same time. Timings are cleanest with 1 (the default).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     slots: u32,

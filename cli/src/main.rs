@@ -23,9 +23,16 @@ use tonic::transport::Channel;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// The coordinator's gRPC URL.
-    #[arg(long, global = true, env = "BATON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
-    coordinator: String,
+    /// The coordinator's gRPC URL; several, comma-separated, when coordinators share etcd
+    /// (any that answers will do: followers forward to the leader).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_COORDINATOR",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    coordinator: Vec<String>,
     /// How to print data.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -110,13 +117,18 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid coordinator URL {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))
+/// The first of the coordinators that answers.
+async fn connect(urls: &[String]) -> anyhow::Result<Channel> {
+    let mut last = anyhow!("no coordinator URL given");
+    for url in urls {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("invalid coordinator URL {url:?}"))?;
+        match endpoint.connect_timeout(std::time::Duration::from_secs(3)).connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => last = anyhow::Error::new(e).context(format!("cannot reach the coordinator at {url}")),
+        }
+    }
+    Err(last)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
 
-use crate::core::{Coordinator, JobFilter};
+use crate::core::JobFilter;
+use crate::role::{Role, forwarded};
 use crate::state::{AgentEntry, StateError};
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
@@ -27,9 +28,20 @@ const MAX_PAGE: u32 = 1000;
 
 #[derive(Clone)]
 pub struct Api {
-    pub coordinator: Arc<Coordinator>,
+    /// Leader (serves) or follower (forwards clients, redirects agents).
+    pub role: Arc<Role>,
     /// Ends the long-lived streams (agents, watches) so a graceful shutdown can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The coordinator when this one leads; otherwise the call goes to the leader as it is.
+macro_rules! lead_or_forward {
+    ($self:ident, $req:ident, $client:ident . $method:ident) => {
+        match $self.role.coordinator() {
+            Some(coordinator) => coordinator.clone(),
+            None => return $self.role.$client()?.$method(forwarded($req)).await,
+        }
+    };
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -82,13 +94,15 @@ fn client_context<T>(req: &Request<T>) -> opentelemetry::Context {
 #[tonic::async_trait]
 impl JobService for Api {
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
+        let coordinator = lead_or_forward!(self, req, jobs.submit_job);
         let cx = client_context(&req);
         let one = check_submit(req.into_inner(), "").map_err(invalid)?;
-        let mut jobs = self.coordinator.submit(vec![one], &cx).await;
+        let mut jobs = coordinator.submit(vec![one], &cx).await;
         jobs.pop().map(Response::new).ok_or_else(|| Status::internal("submitted job vanished"))
     }
 
     async fn submit_jobs(&self, req: Request<SubmitJobsRequest>) -> Result<Response<SubmitJobsResponse>, Status> {
+        let coordinator = lead_or_forward!(self, req, jobs.submit_jobs);
         let cx = client_context(&req);
         let jobs = req.into_inner().jobs;
         if jobs.is_empty() {
@@ -103,17 +117,19 @@ impl JobService for Api {
             .map(|(i, r)| check_submit(r, &format!("jobs[{i}].")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        let jobs = self.coordinator.submit(checked, &cx).await;
+        let jobs = coordinator.submit(checked, &cx).await;
         Ok(Response::new(SubmitJobsResponse { jobs }))
     }
 
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let coordinator = lead_or_forward!(self, req, jobs.get_job);
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        Ok(Response::new(self.coordinator.get(&id).await?))
+        Ok(Response::new(coordinator.get(&id).await?))
     }
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let coordinator = lead_or_forward!(self, req, jobs.list_jobs);
         let req = req.into_inner();
         if req.page_size > MAX_PAGE {
             return Err(Status::invalid_argument(format!("pageSize: must be at most {MAX_PAGE}")));
@@ -143,16 +159,21 @@ impl JobService for Api {
             Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
         };
         let filter = JobFilter { states, labels: req.labels };
-        let (jobs, next) = self.coordinator.list(&filter, before, page_size, full).await?;
+        let (jobs, next) = coordinator.list(&filter, before, page_size, full).await?;
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }
 
     type WatchJobStream = BoxStream<Job>;
 
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let Some(coordinator) = self.role.coordinator() else {
+            let watched = self.role.jobs()?.watch_job(forwarded(req)).await?;
+            let stream: Self::WatchJobStream = Box::pin(watched.into_inner());
+            return Ok(Response::new(stream));
+        };
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        let (job, rx) = self.coordinator.watch(&id).await?;
+        let (job, rx) = coordinator.watch(&id).await?;
         let Some(rx) = rx else {
             return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
         };
@@ -166,9 +187,10 @@ impl JobService for Api {
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let coordinator = lead_or_forward!(self, req, jobs.cancel_job);
         let req = req.into_inner();
         require_id(&req.id, "id")?;
-        Ok(Response::new(self.coordinator.cancel(&req.id, &req.reason).await?))
+        Ok(Response::new(coordinator.cancel(&req.id, &req.reason).await?))
     }
 }
 
@@ -188,15 +210,17 @@ fn agent_view(a: AgentEntry) -> Agent {
 
 #[tonic::async_trait]
 impl AdminService for Api {
-    async fn list_agents(&self, _req: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
-        let agents = self.coordinator.agents().into_iter().map(agent_view).collect();
+    async fn list_agents(&self, req: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        let coordinator = lead_or_forward!(self, req, admin.list_agents);
+        let agents = coordinator.agents().into_iter().map(agent_view).collect();
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
     async fn drain_agent(&self, req: Request<DrainAgentRequest>) -> Result<Response<Agent>, Status> {
+        let coordinator = lead_or_forward!(self, req, admin.drain_agent);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
-        Ok(Response::new(agent_view(self.coordinator.drain(&id).await?)))
+        Ok(Response::new(agent_view(coordinator.drain(&id).await?)))
     }
 }
 
@@ -208,6 +232,7 @@ impl AgentService for Api {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectAgentStream>, Status> {
+        let Some(coordinator) = self.role.coordinator().cloned() else { return Err(self.role.redirect_agent()) };
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(AgentMessage { kind: Some(AgentKind::Hello(h)) }) => h,
@@ -221,15 +246,14 @@ impl AgentService for Api {
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let welcome = Welcome {
-            heartbeat_interval: Some(baton_proto::job::from_duration(self.coordinator.config.heartbeat_interval)),
+            heartbeat_interval: Some(baton_proto::job::from_duration(coordinator.config.heartbeat_interval)),
         };
         // Unbounded is safe here: an agent gets at most one message per slot, cancel or
         // report, and the stream drains as fast as the agent reads.
         let _ = tx.send(Ok(CoordinatorMessage { kind: Some(coordinator_message::Kind::Welcome(welcome)) }));
         let agent_id = hello.agent_id.clone();
-        let connection = self.coordinator.agent_connected(&hello, tx);
+        let connection = coordinator.agent_connected(&hello, tx);
         tracing::info!(agent_id = %agent_id, slots = hello.slots, running = hello.running.len(), "agent connected");
-        let coordinator = self.coordinator.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {

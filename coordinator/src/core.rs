@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// An agent's outbound stream; an `Err` ends it with that status.
@@ -113,6 +114,8 @@ pub struct Coordinator {
     /// False while the store refuses commits: nothing is acknowledged then, and health
     /// says NOT_SERVING.
     store_ok: watch::Sender<bool>,
+    /// Cancelled when a write found this coordinator no longer leads.
+    deposed: CancellationToken,
     wake_writer: Notify,
     committed: watch::Sender<u64>,
     commits: AtomicU64,
@@ -142,6 +145,7 @@ impl Coordinator {
             }),
             store,
             store_ok: watch::Sender::new(true),
+            deposed: CancellationToken::new(),
             wake_writer: Notify::new(),
             committed: watch::Sender::new(0),
             commits: AtomicU64::new(0),
@@ -201,7 +205,10 @@ impl Coordinator {
                     removed: batch.removed,
                     drained_agents: batch.drained_agents,
                 });
-                self.commit_until_durable(&change, generation).await;
+                if !self.commit_until_durable(&change, generation).await {
+                    // Deposed: this batch and everything after it stay unacknowledged.
+                    return;
+                }
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.job_writes.fetch_add(change.jobs.len() as u64, Ordering::Relaxed);
                 self.lock().dirty.retain(|_, g| *g > generation);
@@ -226,7 +233,8 @@ impl Coordinator {
     /// Commits one batch, trying again (with backoff, forever) while the store refuses:
     /// nothing in it is acknowledged until it is durable, and health says NOT_SERVING
     /// meanwhile.
-    async fn commit_until_durable(&self, change: &Arc<Commit>, generation: u64) {
+    /// Returns false when the store refused it for good: another coordinator leads.
+    async fn commit_until_durable(&self, change: &Arc<Commit>, generation: u64) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
             let began = Instant::now();
@@ -237,7 +245,12 @@ impl Coordinator {
                         tracing::info!("the store takes commits again; serving");
                         self.store_ok.send_replace(true);
                     }
-                    return;
+                    return true;
+                }
+                Err(StoreError::Deposed) => {
+                    tracing::error!("a write found another coordinator leading: stopping as the leader");
+                    self.deposed.cancel();
+                    return false;
                 }
                 Err(e) => {
                     if *self.store_ok.borrow() {
@@ -249,6 +262,11 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Resolves once a write found this coordinator no longer leads.
+    pub async fn deposed(&self) {
+        self.deposed.cancelled().await
     }
 
     /// Whether the store takes commits, now and as it changes.

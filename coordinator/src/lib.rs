@@ -8,9 +8,11 @@
 
 pub mod api;
 pub mod core;
+pub mod leader;
 #[cfg(test)]
 mod lifecycle_model;
 pub mod record;
+pub mod role;
 pub mod server;
 pub mod state;
 pub mod store;

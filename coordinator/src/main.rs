@@ -2,8 +2,9 @@
 
 use anyhow::Context as _;
 use baton_coordinator::core::Config;
+use baton_coordinator::server::{Ended, Mode, serve};
 use baton_coordinator::state::Retention;
-use baton_coordinator::store::{EtcdStore, RedbStore, Store};
+use baton_coordinator::store::{EtcdStore, RedbStore};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,13 @@ struct Args {
     /// The key prefix under which this baton keeps its state in etcd.
     #[arg(long, default_value = "/baton/", env = "BATON_ETCD_PREFIX")]
     etcd_prefix: String,
+    /// How the other coordinators, agents and clients reach this one (with --store etcd);
+    /// default: http://LISTEN.
+    #[arg(long, env = "BATON_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// The leader's etcd lease (with --store etcd): a leader silent this long is replaced.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_lease: Duration,
     /// An agent silent this long is lost and its jobs go back to the queue (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_timeout: Duration,
@@ -56,11 +64,18 @@ async fn main() -> anyhow::Result<()> {
     if args.heartbeat_interval >= args.lease_timeout {
         anyhow::bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
-    let store: Arc<dyn Store> = match args.store {
-        StoreKind::Embedded => {
-            Arc::new(RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?)
-        }
-        StoreKind::Etcd => Arc::new(EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix).await?),
+    if args.leader_lease < Duration::from_secs(2) {
+        anyhow::bail!("--leader-lease must be at least 2s (etcd's shortest lease)");
+    }
+    let mode = match args.store {
+        StoreKind::Embedded => Mode::Embedded(Arc::new(
+            RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?,
+        )),
+        StoreKind::Etcd => Mode::Etcd {
+            store: Box::new(EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix).await?),
+            advertise_url: args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
+            leader_lease: args.leader_lease,
+        },
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -72,5 +87,21 @@ async fn main() -> anyhow::Result<()> {
     });
     let retention = Retention { max_age: args.keep_finished_for, max_jobs: args.keep_finished_jobs };
     let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval, retention };
-    baton_coordinator::server::serve(listener, store, config, shutdown).await
+    if serve(listener, mode, config, shutdown).await? == Ended::LostLeadership {
+        restart_as_follower();
+    }
+    Ok(())
+}
+
+/// A coordinator that lost its leadership starts again as a new process (same pid, same
+/// arguments): a follower with nothing of the old leader's state, campaigning again.
+fn restart_as_follower() -> ! {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!("lost the leadership: starting again as a follower");
+    let error = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
+        Err(e) => e,
+    };
+    tracing::error!(error = %error, "cannot start again; exiting");
+    std::process::exit(1)
 }

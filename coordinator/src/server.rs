@@ -1,9 +1,12 @@
 //! Serves the coordinator: JobService, AgentService, AdminService, gRPC health and
-//! server reflection (v1 and v1alpha), until `shutdown` fires.
+//! server reflection (v1 and v1alpha), until `shutdown` fires or, on etcd, leadership is
+//! lost.
 
 use crate::api::Api;
 use crate::core::{Config, Coordinator};
-use crate::store::Store;
+use crate::leader::Election;
+use crate::role::Role;
+use crate::store::{EtcdStore, Store};
 use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
@@ -11,36 +14,57 @@ use baton_proto::v1::{
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Where the coordinator keeps its state, and so how it comes to lead.
+pub enum Mode {
+    /// The embedded store: this coordinator leads from the start.
+    Embedded(Arc<dyn Store>),
+    /// Several coordinators on one etcd: follow (forwarding) until elected, then lead.
+    Etcd { store: Box<EtcdStore>, advertise_url: String, leader_lease: Duration },
+}
+
+/// Why serving ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// `shutdown` fired.
+    Shutdown,
+    /// This coordinator led and lost its leadership: start again as a follower.
+    LostLeadership,
+}
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Arc<dyn Store>,
+    mode: Mode,
     config: Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let coordinator = Coordinator::new(store, config).await?;
-    tokio::spawn(coordinator.clone().run_writer());
-    tokio::spawn(coordinator.clone().run_expiry());
-    let api = Api { coordinator: coordinator.clone(), shutdown: shutdown.clone() };
-
+) -> anyhow::Result<Ended> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    // Health follows the store: NOT_SERVING while it refuses commits (nothing is
-    // acknowledged then), SERVING again when it is back.
-    let mut store_ok = coordinator.store_health();
-    tokio::spawn(async move {
-        loop {
-            let status = if *store_ok.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
-            health.set_service_status("", status).await;
-            health.set_service_status("baton.v1.JobService", status).await;
-            health.set_service_status("baton.v1.AgentService", status).await;
-            health.set_service_status("baton.v1.AdminService", status).await;
-            if store_ok.changed().await.is_err() {
-                return;
-            }
+    let lost = CancellationToken::new();
+    let role = match mode {
+        Mode::Embedded(store) => Arc::new(Role::leading(start(store, config, health).await?)),
+        Mode::Etcd { store, advertise_url, leader_lease } => {
+            // A follower serves (it forwards); as the leader, health follows the store.
+            set_health(&health, ServingStatus::Serving).await;
+            let (leader_url, follow) = watch::channel(None);
+            let role = Arc::new(Role::following(follow, advertise_url.clone()));
+            let election = Election::new(store.client(), store.prefix(), advertise_url, leader_lease);
+            let lead = lead_when_elected(role.clone(), election, leader_url, store, config, health);
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                if let Err(e) = lead.await {
+                    tracing::error!(error = %e, "cannot take over as the leader");
+                }
+                lost.cancel();
+            });
+            role
         }
-    });
+    };
+    let api = Api { role, shutdown: shutdown.clone() };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -66,9 +90,62 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(api))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .add_service(AdminServiceServer::new(api.clone()))
+        .serve_with_incoming_shutdown(incoming, async {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = lost.cancelled() => {}
+            }
+        })
         .await?;
-    coordinator.log_store_statistics();
+    if let Some(coordinator) = api.role.coordinator() {
+        coordinator.log_store_statistics();
+    }
+    Ok(if lost.is_cancelled() { Ended::LostLeadership } else { Ended::Shutdown })
+}
+
+/// Loads the state and starts the coordinator's writer and timers; health follows the
+/// store from then on: NOT_SERVING while it refuses commits (nothing is acknowledged then).
+async fn start(store: Arc<dyn Store>, config: Config, health: HealthReporter) -> anyhow::Result<Arc<Coordinator>> {
+    let coordinator = Coordinator::new(store, config).await?;
+    tokio::spawn(coordinator.clone().run_writer());
+    tokio::spawn(coordinator.clone().run_expiry());
+    let mut store_ok = coordinator.store_health();
+    tokio::spawn(async move {
+        loop {
+            let ok = *store_ok.borrow_and_update();
+            set_health(&health, if ok { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+            if store_ok.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(coordinator)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", "baton.v1.JobService", "baton.v1.AgentService", "baton.v1.AdminService"] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Campaigns; once elected, loads the state, leads, and returns when leadership is lost
+/// (the lease ran out, or a write found the fence gone).
+async fn lead_when_elected(
+    role: Arc<Role>,
+    election: Election,
+    leader_url: watch::Sender<Option<String>>,
+    store: Box<EtcdStore>,
+    config: Config,
+    health: HealthReporter,
+) -> anyhow::Result<()> {
+    let leadership = election.campaign(&leader_url).await;
+    let coordinator = start(Arc::new(store.fenced(leadership.fence)), config, health).await?;
+    role.lead(coordinator.clone());
+    tracing::info!("leading");
+    tokio::select! {
+        _ = leadership.lost.cancelled() => {}
+        _ = coordinator.deposed() => {}
+    }
     Ok(())
 }

@@ -22,5 +22,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/baton.v1.serde.rs"));
 }
 
+/// The gRPC metadata key by which a follower coordinator tells an agent (or any caller)
+/// which coordinator leads: the leader's URL.
+pub const LEADER_METADATA: &str = "baton-leader";
+
 /// The encoded descriptor set for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");

@@ -90,8 +90,10 @@ async fn agents_killed_with_sigkill_while_jobs_flow_lose_and_repeat_no_job() {
 }
 
 /// Kills the coordinator with SIGKILL four times while about 200 jobs flow; every
-/// acknowledged job must finish exactly once. `store` are the coordinator's store flags.
-async fn coordinator_kill_loop(store: &[&str]) {
+/// acknowledged job must finish exactly once. `store` are the coordinator's store flags;
+/// at least `min_acked` jobs must get through (on etcd a restarted coordinator first waits
+/// out its old leader lease, ~2 s, as it cannot know that its predecessor is dead).
+async fn coordinator_kill_loop(store: &[&str], min_acked: usize) {
     let seed = seed();
     let mut rng = Rng::new(seed);
     let args = [&["--lease-timeout", "3s", "--heartbeat-interval", "500ms"], store].concat();
@@ -111,19 +113,19 @@ async fn coordinator_kill_loop(store: &[&str]) {
         cluster.start_coordinator().await;
     }
     let acked = workload.finish().await;
-    assert!(acked >= 100, "only {acked} jobs were acknowledged");
+    assert!(acked >= min_acked, "only {acked} jobs were acknowledged");
     recorder.check(&cluster, Some(seed), SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_killed_with_sigkill_again_and_again_loses_and_repeats_no_acknowledged_job() {
-    coordinator_kill_loop(&[]).await;
+    coordinator_kill_loop(&[], 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_etcd_a_coordinator_killed_again_and_again_loses_and_repeats_no_acknowledged_job() {
     let etcd = Etcd::start().await;
-    coordinator_kill_loop(&etcd.coordinator_args()).await;
+    coordinator_kill_loop(&etcd.coordinator_args(), 40).await;
 }
 
 /// Issue 9: while etcd is down the coordinator acknowledges nothing and says NOT_SERVING;

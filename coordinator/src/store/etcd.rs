@@ -8,6 +8,7 @@
 //! at one revision. The key history is compacted every minute (a minute of history kept).
 
 use super::{Commit, Store, StoreError, Stored, io};
+use crate::leader::Fence;
 use crate::record::JobRecord;
 use baton_proto::v1::JobResult;
 use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
@@ -28,6 +29,8 @@ const COMPACT_EVERY: Duration = Duration::from_secs(60);
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    /// Every write is conditioned on it: only the leader that holds it can write.
+    fence: Option<Fence>,
     /// (when, the newest revision then): the revision compacted to a minute later.
     compaction: Mutex<(Instant, i64)>,
 }
@@ -42,7 +45,7 @@ struct Batch {
 /// Cuts operations into transactions within etcd's limits.
 #[derive(Default)]
 struct Cutter {
-    done: Vec<Txn>,
+    done: Vec<Vec<TxnOp>>,
     open: Batch,
 }
 
@@ -59,11 +62,11 @@ impl Cutter {
     fn cut(&mut self) {
         let batch = std::mem::take(&mut self.open);
         if !batch.ops.is_empty() {
-            self.done.push(Txn::new().and_then(batch.ops));
+            self.done.push(batch.ops);
         }
     }
 
-    fn finish(mut self) -> Vec<Txn> {
+    fn finish(mut self) -> Vec<Vec<TxnOp>> {
         self.cut();
         self.done
     }
@@ -82,7 +85,8 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl EtcdStore {
-    /// Connects to etcd (any of `endpoints`) and checks it answers.
+    /// A client of etcd (any of `endpoints`); it connects as it is used, so a coordinator
+    /// can start while etcd is away (it campaigns once etcd answers).
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         let at = endpoints.join(",");
         // TLS and authentication to etcd come with security (issue 11): `ConnectOptions`
@@ -92,10 +96,24 @@ impl EtcdStore {
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let open = |e: etcd_client::Error| StoreError::Open { at: at.clone(), error: e.to_string() };
-        let mut client = Client::connect(endpoints, Some(options)).await.map_err(open)?;
-        let revision = client.status().await.map_err(open)?.header().map_or(0, |h| h.revision());
+        let client = Client::connect(endpoints, Some(options)).await.map_err(open)?;
         let prefix = if prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
-        Ok(Self { client, prefix, compaction: Mutex::new((Instant::now(), revision)) })
+        Ok(Self { client, prefix, fence: None, compaction: Mutex::new((Instant::now(), 0)) })
+    }
+
+    /// The client, for the election.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The prefix every key of this baton starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The same store, writing only while `fence` holds.
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self { fence: Some(fence), ..self }
     }
 
     fn key(&self, kind: &str, id: &str) -> Vec<u8> {
@@ -131,12 +149,21 @@ impl EtcdStore {
         }
     }
 
-    async fn run(&self, txns: Vec<Txn>) -> Result<i64, StoreError> {
-        let sent = txns.into_iter().map(|txn| {
+    /// Sends the transactions at once, each conditioned on the fence; returns the newest
+    /// revision they made.
+    async fn run(&self, batches: Vec<Vec<TxnOp>>) -> Result<i64, StoreError> {
+        let sent = batches.into_iter().map(|ops| {
+            let txn = match &self.fence {
+                Some(fence) => Txn::new().when([fence.compare()]).and_then(ops),
+                None => Txn::new().and_then(ops),
+            };
             let mut kv = self.client.kv_client();
             async move { kv.txn(txn).await }
         });
         let done = futures::future::try_join_all(sent).await.map_err(io)?;
+        if done.iter().any(|r| !r.succeeded()) {
+            return Err(StoreError::Deposed);
+        }
         Ok(done.iter().filter_map(|r| r.header().map(|h| h.revision())).max().unwrap_or(0))
     }
 

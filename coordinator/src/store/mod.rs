@@ -24,6 +24,9 @@ pub enum StoreError {
     Io(String),
     #[error("store: job {id} is unreadable: {source}")]
     Corrupt { id: String, source: prost::DecodeError },
+    /// The write's fence no longer holds: another coordinator leads now.
+    #[error("store: this coordinator no longer leads; its writes are refused")]
+    Deposed,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {

@@ -1,0 +1,110 @@
+//! What this coordinator is right now: the leader, which serves every call itself, or a
+//! follower, which forwards clients' calls to the leader and tells agents where it is.
+//!
+//! A process is a follower until it wins the election, then the leader until it loses
+//! it; then it starts again as a follower (see `main`). With the embedded store it leads
+//! from the start.
+
+use crate::core::Coordinator;
+use baton_proto::LEADER_METADATA;
+use baton_proto::v1::admin_service_client::AdminServiceClient;
+use baton_proto::v1::job_service_client::JobServiceClient;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+pub struct Role {
+    leader: OnceLock<Arc<Coordinator>>,
+    /// Who leads, as the election sees it (followers only).
+    leader_url: watch::Receiver<Option<String>>,
+    /// This coordinator's own advertise URL: never forwarded to.
+    own_url: String,
+    /// A channel to the leader, kept while it leads.
+    channel: Mutex<Option<(String, Channel)>>,
+}
+
+impl Role {
+    /// Leads from the start (the embedded store).
+    pub fn leading(coordinator: Arc<Coordinator>) -> Self {
+        let role = Self::following(watch::channel(None).1, String::new());
+        role.lead(coordinator);
+        role
+    }
+
+    pub fn following(leader_url: watch::Receiver<Option<String>>, own_url: String) -> Self {
+        Self { leader: OnceLock::new(), leader_url, own_url, channel: Mutex::new(None) }
+    }
+
+    /// Won the election and loaded the state: serve from now on.
+    pub fn lead(&self, coordinator: Arc<Coordinator>) {
+        let _ = self.leader.set(coordinator);
+    }
+
+    /// The coordinator, when this one leads.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.leader.get()
+    }
+
+    /// The leader's URL, or why there is none to go to.
+    pub fn leader_url(&self) -> Result<String, Status> {
+        match self.leader_url.borrow().clone() {
+            Some(url) if url != self.own_url => Ok(url),
+            Some(_) => Err(Status::unavailable("this coordinator is taking over as the leader; try again shortly")),
+            None => Err(Status::unavailable("no coordinator leads right now (an election is under way); try again")),
+        }
+    }
+
+    fn channel(&self) -> Result<Channel, Status> {
+        let url = self.leader_url()?;
+        let mut cached = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, channel)) = cached.as_ref()
+            && *at == url
+        {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::internal(format!("the leader's advertise URL {url:?} is not a URL: {e}")))?;
+        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        *cached = Some((url, channel.clone()));
+        Ok(channel)
+    }
+
+    /// A client of the leader's JobService, for forwarding.
+    pub fn jobs(&self) -> Result<JobServiceClient<Channel>, Status> {
+        Ok(JobServiceClient::new(self.channel()?)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20))
+    }
+
+    /// A client of the leader's AdminService, for forwarding.
+    pub fn admin(&self) -> Result<AdminServiceClient<Channel>, Status> {
+        Ok(AdminServiceClient::new(self.channel()?))
+    }
+
+    /// What an agent that called a follower hears: where the leader is.
+    pub fn redirect_agent(&self) -> Status {
+        match self.leader_url() {
+            Ok(url) => {
+                let mut status = Status::unavailable(format!("this coordinator follows; the leader is at {url}"));
+                if let Ok(value) = url.parse() {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                status
+            }
+            Err(status) => status,
+        }
+    }
+}
+
+/// The call as it goes on to the leader: the message and the caller's trace context.
+pub fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let (metadata, _, message) = request.into_parts();
+    let mut onward = Request::new(message);
+    for key in ["traceparent", "tracestate"] {
+        if let Some(value) = metadata.get(key) {
+            onward.metadata_mut().insert(key, value.clone());
+        }
+    }
+    onward
+}
