@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -169,13 +170,21 @@ where
     }
 }
 
-/// A coordinator and its agents on loopback.
+/// A coordinator (or several sharing etcd) and its agents on loopback.
 pub struct Cluster {
+    /// Where clients go: the coordinator, or with several a [`FaultProxy`] in front of them
+    /// all that connects to whichever answers (followers forward to the leader).
     pub url: String,
+    /// The first coordinator's port.
     pub port: u16,
-    pub coordinator: Option<Proc>,
+    /// One per coordinator; `None` while stopped.
+    pub coordinators: Vec<Option<Proc>>,
+    ports: Vec<u16>,
+    /// The clients' proxy in front of several coordinators, alive as long as the cluster.
+    _front: Option<FaultProxy>,
     pub agents: Vec<Proc>,
-    coordinator_args: Vec<String>,
+    /// Each coordinator's extra flags.
+    coordinator_args: Vec<Vec<String>>,
     env: Vec<(String, String)>,
     /// Last, so it is removed after the processes have printed their logs (fields drop in order).
     pub dir: TempDir,
@@ -184,28 +193,54 @@ pub struct Cluster {
 impl Cluster {
     /// A coordinator with the given extra flags (e.g. `--lease-timeout 1s`) and environment.
     pub async fn start(coordinator_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_several(1, coordinator_args, env).await
+    }
+
+    /// `n` coordinators with the same flags (for several: an etcd store), each advertising
+    /// its own URL; clients reach them through one front proxy.
+    pub async fn start_several(n: usize, coordinator_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let args: Vec<String> = coordinator_args.iter().map(|s| s.to_string()).collect();
+        Self::start_each(vec![args; n], env).await
+    }
+
+    /// One coordinator per entry of `coordinator_args`, each with those flags.
+    pub async fn start_each(coordinator_args: Vec<Vec<String>>, env: &[(&str, &str)]) -> Self {
+        let n = coordinator_args.len();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let front =
+            (n > 1).then(|| FaultProxy::start_any(ports.iter().map(|p| (Ipv4Addr::LOCALHOST, *p).into()).collect()));
         let mut cluster = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: front.as_ref().map_or_else(|| format!("http://127.0.0.1:{}", ports[0]), FaultProxy::url),
+            port: ports[0],
+            coordinators: (0..n).map(|_| None).collect(),
+            ports,
+            _front: front,
             dir: TempDir::new("cluster"),
-            coordinator: None,
             agents: Vec::new(),
-            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            coordinator_args,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
-        cluster.start_coordinator().await;
+        for i in 0..n {
+            cluster.start_coordinator_at(i).await;
+        }
         cluster
     }
 
-    /// Starts (or restarts) the coordinator on the same port and data directory.
+    /// Starts (or restarts) the first coordinator on the same port and data directory.
     pub async fn start_coordinator(&mut self) {
+        self.start_coordinator_at(0).await;
+    }
+
+    /// Starts (or restarts) coordinator `i` on its port; waits until it listens.
+    pub async fn start_coordinator_at(&mut self, i: usize) {
+        let url = self.coordinator_url(i);
         let mut cmd = Command::new(bin("baton-coordinator"));
-        cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
-        cmd.arg("--data-dir").arg(self.dir.0.join("data"));
-        cmd.args(&self.coordinator_args).envs(self.env.iter().cloned());
-        self.coordinator = Some(Proc::spawn("coordinator", cmd, &self.dir.0));
-        let url = self.url.clone();
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.ports[i]));
+        cmd.arg("--advertise-url").arg(&url);
+        cmd.arg("--data-dir").arg(self.dir.0.join(format!("data-{i}")));
+        cmd.args(&self.coordinator_args[i]).envs(self.env.iter().cloned());
+        let name = if self.ports.len() == 1 { "coordinator".to_string() } else { format!("coordinator-{i}") };
+        self.coordinators[i] = Some(Proc::spawn(&name, cmd, &self.dir.0));
         eventually(Duration::from_secs(20), "the coordinator to listen", || {
             let url = url.clone();
             async move { tonic::transport::Endpoint::from_shared(url).ok()?.connect().await.ok() }
@@ -213,21 +248,45 @@ impl Cluster {
         .await;
     }
 
-    pub fn kill9_coordinator(&mut self) {
-        if let Some(c) = self.coordinator.as_mut() {
-            c.kill9();
-        }
+    /// The first coordinator's process.
+    pub fn coordinator(&self) -> &Proc {
+        self.coordinators[0].as_ref().expect("the coordinator runs")
     }
 
-    /// The coordinator's address, e.g. for a [`FaultProxy`] in front of it.
+    pub fn coordinator_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// kill -9 of the first coordinator.
+    pub fn kill9_coordinator(&mut self) {
+        self.kill9_coordinator_at(0);
+    }
+
+    pub fn kill9_coordinator_at(&mut self, i: usize) {
+        if let Some(c) = self.coordinators[i].as_mut() {
+            c.kill9();
+        }
+        self.coordinators[i] = None;
+    }
+
+    /// Which running coordinator holds `etcd`'s leader key; waits up to `within` for one.
+    pub async fn wait_leader(&self, etcd: &Etcd, within: Duration) -> usize {
+        eventually(within, "a running coordinator to lead", || async {
+            let url = etcd.leader_url()?;
+            (0..self.coordinators.len()).find(|i| self.coordinators[*i].is_some() && self.coordinator_url(*i) == url)
+        })
+        .await
+    }
+
+    /// The first coordinator's address, e.g. for a [`FaultProxy`] in front of it.
     pub fn addr(&self) -> SocketAddr {
         (Ipv4Addr::LOCALHOST, self.port).into()
     }
 
-    /// Starts an agent named `name` with `slots` slots and extra flags; returns its index.
+    /// The agent is given every coordinator's URL and finds the leader itself.
     pub fn add_agent(&mut self, name: &str, slots: u32, args: &[&str]) -> usize {
-        let url = self.url.clone();
-        self.add_agent_via(name, slots, args, &url)
+        let urls: Vec<String> = (0..self.ports.len()).map(|i| self.coordinator_url(i)).collect();
+        self.add_agent_via(name, slots, args, &urls.join(","))
     }
 
     /// Like [`Cluster::add_agent`], but the agent reaches the coordinator at `coordinator_url`
@@ -246,6 +305,16 @@ impl Cluster {
             .connect()
             .await
             .expect("connecting to the coordinator")
+    }
+
+    /// A client of coordinator `i` itself (not through the front proxy).
+    pub async fn jobs_at(&self, i: usize) -> JobServiceClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(self.coordinator_url(i))
+            .expect("a valid URL")
+            .connect()
+            .await
+            .expect("connecting to the coordinator");
+        JobServiceClient::new(channel)
     }
 
     pub async fn jobs(&self) -> JobServiceClient<Channel> {
@@ -311,10 +380,15 @@ impl Cluster {
 
     /// Runs the `baton` CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        self.cli_via(&self.url, args, stdin)
+    }
+
+    /// Like [`Cluster::cli`], with `--coordinator URL` of your choice.
+    pub fn cli_via(&self, url: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use std::io::Write;
         let mut child = Command::new(bin("baton"))
             .arg("--coordinator")
-            .arg(&self.url)
+            .arg(url)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -362,6 +436,13 @@ struct Link {
 
 impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> Self {
+        Self::start_any(vec![upstream])
+    }
+
+    /// A proxy in front of several addresses: each connection goes to the first of them
+    /// that accepts it.
+    pub fn start_any(upstreams: Vec<SocketAddr>) -> Self {
+        let upstreams = Arc::new(upstreams);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fault-proxy")
@@ -379,7 +460,7 @@ impl FaultProxy {
                 let at = *links.borrow();
                 // While cut, a new connection is accepted and closed at once.
                 if at.mode != LinkMode::Cut {
-                    tokio::spawn(proxy_connection(client, upstream, links.clone(), at.cuts));
+                    tokio::spawn(proxy_connection(client, upstreams.clone(), links.clone(), at.cuts));
                 }
             }
         });
@@ -418,8 +499,20 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn proxy_connection(client: tokio::net::TcpStream, upstream: SocketAddr, link: watch::Receiver<Link>, cuts: u64) {
-    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    upstreams: Arc<Vec<SocketAddr>>,
+    link: watch::Receiver<Link>,
+    cuts: u64,
+) {
+    let mut server = None;
+    for upstream in upstreams.iter() {
+        if let Ok(connected) = tokio::net::TcpStream::connect(upstream).await {
+            server = Some(connected);
+            break;
+        }
+    }
+    let Some(server) = server else { return };
     let _ = (client.set_nodelay(true), server.set_nodelay(true));
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
@@ -499,10 +592,50 @@ impl Etcd {
         self.wait_healthy().await;
     }
 
+    /// The advertise URL of the coordinator that holds the leader key under the default
+    /// prefix (read through etcd's JSON gateway), if one does.
+    pub fn leader_url(&self) -> Option<String> {
+        let body = format!(r#"{{"key":"{}"}}"#, base64(b"/baton/leader"));
+        let mut response = ureq::post(format!("{}/v3/kv/range", self.endpoint)).send(body.as_str()).ok()?;
+        let range: serde_json::Value = serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
+        let value = unbase64(range["kvs"][0]["value"].as_str()?)?;
+        String::from_utf8(value).ok()
+    }
+
     /// The coordinator flags that put its store here.
     pub fn coordinator_args(&self) -> [&str; 4] {
         ["--store", "etcd", "--etcd-endpoints", self.endpoint.as_str()]
     }
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (etcd's JSON gateway speaks it).
+fn base64(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            let index = ((n >> (18 - 6 * i)) & 63) as usize;
+            out.push(if i <= chunk.len() { BASE64[index] as char } else { '=' });
+        }
+    }
+    out
+}
+
+fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut n, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        n = (n << 6) | BASE64.iter().position(|b| *b == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((n >> bits) as u8);
+            n &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 /// A Jaeger v2 with in-memory storage on free loopback ports.
@@ -593,4 +726,17 @@ pub fn example(name: &str) -> baton_proto::v1::SubmitJobRequest {
     let path = workspace().join("examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     baton_proto::spec::parse_request(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(base64(b"/baton/leader"), "L2JhdG9uL2xlYWRlcg==");
+        for text in ["", "a", "ab", "abc", "http://127.0.0.1:7070"] {
+            assert_eq!(unbase64(&base64(text.as_bytes())).as_deref(), Some(text.as_bytes()));
+        }
+    }
 }

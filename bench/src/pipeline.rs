@@ -115,7 +115,7 @@ async fn throughput(cluster: &Cluster, jobs: usize) -> f64 {
 
 /// A field of the coordinator's last log line that has it (e.g. `jobs_per_commit`).
 fn logged(cluster: &Cluster, field: &str) -> String {
-    let log = cluster.coordinator.as_ref().map(|c| c.log()).unwrap_or_default();
+    let log = cluster.coordinator().log();
     let key = format!("{field}=");
     log.lines()
         .rev()
@@ -141,7 +141,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn coordinator_pid(cluster: &Cluster) -> u32 {
-    cluster.coordinator.as_ref().map(|c| c.pid()).expect("a running coordinator")
+    cluster.coordinator().pid()
 }
 
 async fn backlog(jobs: usize, measured: usize, empty: (f64, f64, f64)) {
@@ -202,7 +202,7 @@ async fn measure(args: &[&str], agents: usize, jobs: usize) -> (f64, f64, f64) {
     let (p50, p99) = latency(&cluster, 1000).await;
     let _ = throughput(&cluster, 5_000).await; // warm-up
     let rate = throughput(&cluster, jobs).await;
-    cluster.coordinator.as_mut().expect("running").terminate();
+    cluster.coordinators[0].as_mut().expect("running").terminate();
     let per_commit = logged(&cluster, "jobs_per_commit");
     println!("{agents:>7} | {p50:>11.3} ms | {p99:>11.3} ms | {rate:>8.0} jobs/s | {per_commit:>12}");
     (p50, p99, rate)

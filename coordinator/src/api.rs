@@ -168,7 +168,8 @@ impl JobService for Api {
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let Some(coordinator) = self.role.coordinator() else {
             let watched = self.role.jobs()?.watch_job(forwarded(req)).await?;
-            let stream: Self::WatchJobStream = Box::pin(watched.into_inner());
+            let stream: Self::WatchJobStream =
+                Box::pin(watched.into_inner().take_until(self.shutdown.clone().cancelled_owned()));
             return Ok(Response::new(stream));
         };
         let id = req.into_inner().id;

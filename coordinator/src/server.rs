@@ -44,7 +44,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let lost = CancellationToken::new();
+    // Fires on shutdown and when leadership is lost: either way the streams (agents,
+    // watches) end, so the server can stop.
+    let stop = shutdown.child_token();
     let role = match mode {
         Mode::Embedded(store) => Arc::new(Role::leading(start(store, config, health).await?)),
         Mode::Etcd { store, advertise_url, leader_lease } => {
@@ -54,17 +56,17 @@ pub async fn serve(
             let role = Arc::new(Role::following(follow, advertise_url.clone()));
             let election = Election::new(store.client(), store.prefix(), advertise_url, leader_lease);
             let lead = lead_when_elected(role.clone(), election, leader_url, store, config, health);
-            let lost = lost.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 if let Err(e) = lead.await {
                     tracing::error!(error = %e, "cannot take over as the leader");
                 }
-                lost.cancel();
+                stop.cancel();
             });
             role
         }
     };
-    let api = Api { role, shutdown: shutdown.clone() };
+    let api = Api { role, shutdown: stop.clone() };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -78,7 +80,7 @@ pub async fn serve(
     tracing::info!(%addr, "coordinator listening");
     // Small messages (assignments, acks) must not wait for Nagle's algorithm: ~40 ms stalls.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -91,17 +93,21 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
         .add_service(AdminServiceServer::new(api.clone()))
-        .serve_with_incoming_shutdown(incoming, async {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = lost.cancelled() => {}
-            }
-        })
-        .await?;
+        .serve_with_incoming_shutdown(incoming, stop.cancelled());
+    // Calls still waiting for a commit when leadership is lost would wait for ever (their
+    // changes will never be durable here): they get a moment, then the connections close
+    // and their callers hear nothing was acknowledged.
+    tokio::select! {
+        served = server => served?,
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } => tracing::warn!("calls still in flight after stopping: closing their connections"),
+    }
     if let Some(coordinator) = api.role.coordinator() {
         coordinator.log_store_statistics();
     }
-    Ok(if lost.is_cancelled() { Ended::LostLeadership } else { Ended::Shutdown })
+    Ok(if shutdown.is_cancelled() { Ended::Shutdown } else { Ended::LostLeadership })
 }
 
 /// Loads the state and starts the coordinator's writer and timers; health follows the
@@ -142,7 +148,7 @@ async fn lead_when_elected(
     let leadership = election.campaign(&leader_url).await;
     let coordinator = start(Arc::new(store.fenced(leadership.fence)), config, health).await?;
     role.lead(coordinator.clone());
-    tracing::info!("leading");
+    tracing::info!("now the leader: serving");
     tokio::select! {
         _ = leadership.lost.cancelled() => {}
         _ = coordinator.deposed() => {}

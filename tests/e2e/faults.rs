@@ -16,7 +16,7 @@ use tokio::time::sleep;
 /// Leases short enough that a test sees them expire.
 const LEASE_2S: [&str; 4] = ["--lease-timeout", "2s", "--heartbeat-interval", "500ms"];
 /// How long the jobs may take to finish once the faults have stopped.
-const SETTLE: Duration = Duration::from_secs(30);
+pub(crate) const SETTLE: Duration = Duration::from_secs(30);
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -485,19 +485,19 @@ impl Nemesis {
 
 /// A steady flow of jobs: every `every_ms`, a batch of 1..=`batch` jobs (sleeps of up to
 /// `longest_ms`, a quarter no-ops), for `for_s` seconds.
-struct Flow {
-    batch: u64,
-    every_ms: u64,
-    longest_ms: u64,
-    for_s: u64,
+pub(crate) struct Flow {
+    pub(crate) batch: u64,
+    pub(crate) every_ms: u64,
+    pub(crate) longest_ms: u64,
+    pub(crate) for_s: u64,
 }
 
 /// A [`Flow`] submitted in the background through the recorder. A submit that fails (the
 /// coordinator is down) acknowledges nothing and is not retried.
-struct Workload(JoinHandle<usize>);
+pub(crate) struct Workload(JoinHandle<usize>);
 
 impl Workload {
-    fn start(recorder: &Recorder, seed: u64, flow: Flow) -> Self {
+    pub(crate) fn start(recorder: &Recorder, seed: u64, flow: Flow) -> Self {
         let recorder = recorder.clone();
         Self(tokio::spawn(async move {
             let mut rng = Rng::new(seed ^ 0x5eed);
@@ -520,7 +520,7 @@ impl Workload {
     }
 
     /// Waits for the flow to end; returns how many jobs were acknowledged.
-    async fn finish(self) -> usize {
+    pub(crate) async fn finish(self) -> usize {
         let acked = self.0.await.expect("the workload task ends normally");
         println!("workload: {acked} jobs acknowledged");
         acked
@@ -532,7 +532,7 @@ impl Workload {
 const FIXED_SEED: u64 = 20_261_129;
 
 /// The seed of this run, printed so that a failure can be replayed.
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let seed = match std::env::var("BATON_FAULT_SEED").ok().as_deref() {
         None => FIXED_SEED,
         Some("random") => {
@@ -545,10 +545,10 @@ fn seed() -> u64 {
 }
 
 /// xorshift64, seeded through splitmix64 so that small seeds start well mixed.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -567,7 +567,7 @@ impl Rng {
         if n == 0 { 0 } else { self.next() % n }
     }
 
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+    pub(crate) fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.below(hi - lo + 1))
     }
 }

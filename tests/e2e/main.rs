@@ -5,6 +5,7 @@ mod backbone;
 mod browser;
 mod faults;
 mod gpt2;
+mod ha;
 mod history;
 mod invalid;
 mod traces;
