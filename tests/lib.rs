@@ -542,53 +542,93 @@ async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watc
     }
 }
 
-/// A real etcd (one member, built by deploy/install.sh) on free loopback ports, with its
-/// data in a temp dir and fsync on (etcd's default).
+/// A real etcd (built by deploy/install.sh) on free loopback ports: one member, or a
+/// cluster of several; data in a temp dir, fsync on (etcd's default).
 pub struct Etcd {
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The client URLs, comma-separated: what `--etcd-endpoints` takes.
     pub endpoint: String,
-    pub proc: Proc,
+    members: Vec<EtcdMember>,
+    dir: TempDir,
+}
+
+struct EtcdMember {
     client_port: u16,
     peer_port: u16,
-    dir: TempDir,
+    proc: Option<Proc>,
 }
 
 impl Etcd {
     pub async fn start() -> Self {
-        let dir = TempDir::new("etcd");
-        let (client_port, peer_port) = (free_port(), free_port());
-        let proc = Self::spawn(&dir, client_port, peer_port);
-        let etcd = Self { endpoint: format!("http://127.0.0.1:{client_port}"), proc, client_port, peer_port, dir };
+        Self::start_members(1).await
+    }
+
+    /// A cluster of `n` members.
+    pub async fn start_members(n: usize) -> Self {
+        let members: Vec<EtcdMember> =
+            (0..n).map(|_| EtcdMember { client_port: free_port(), peer_port: free_port(), proc: None }).collect();
+        let endpoint =
+            members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect::<Vec<_>>().join(",");
+        let mut etcd = Self { endpoint, members, dir: TempDir::new("etcd") };
+        for i in 0..n {
+            etcd.members[i].proc = Some(etcd.spawn(i));
+        }
         etcd.wait_healthy().await;
         etcd
     }
 
-    fn spawn(dir: &TempDir, client_port: u16, peer_port: u16) -> Proc {
-        let (client, peer) = (format!("http://127.0.0.1:{client_port}"), format!("http://127.0.0.1:{peer_port}"));
+    fn spawn(&self, i: usize) -> Proc {
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let m = &self.members[i];
+        let (client, peer) = (url(m.client_port), url(m.peer_port));
+        let cluster: Vec<String> =
+            self.members.iter().enumerate().map(|(j, m)| format!("m{j}={}", url(m.peer_port))).collect();
         let mut cmd = Command::new(tool("etcd"));
-        cmd.args(["--name", "m0", "--log-level", "warn"])
+        cmd.args(["--name", &format!("m{i}"), "--log-level", "warn"])
             .arg("--data-dir")
-            .arg(dir.0.join("data"))
+            .arg(self.dir.0.join(format!("m{i}")))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("m0={peer}")]);
-        Proc::spawn("etcd", cmd, &dir.0)
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"]);
+        Proc::spawn(&format!("etcd-m{i}"), cmd, &self.dir.0)
     }
 
-    /// Waits until etcd's /health says it is healthy.
+    /// Waits until every running member's /health says healthy (it has a leader).
     pub async fn wait_healthy(&self) {
-        let health = format!("{}/health", self.endpoint);
-        eventually(Duration::from_secs(30), "etcd to be healthy", || {
-            let health = health.clone();
-            async move { http_get_json(&health).ok().filter(|v| v["health"] == "true") }
-        })
-        .await;
+        for m in self.members.iter().filter(|m| m.proc.is_some()) {
+            let health = format!("http://127.0.0.1:{}/health", m.client_port);
+            eventually(Duration::from_secs(30), "etcd to be healthy", || {
+                let health = health.clone();
+                async move { http_get_json(&health).ok().filter(|v| v["health"] == "true") }
+            })
+            .await;
+        }
     }
 
-    /// kill -9, then start again on the same data and ports.
+    /// kill -9 of member `i`.
+    pub fn kill9_member(&mut self, i: usize) {
+        if let Some(mut proc) = self.members[i].proc.take() {
+            proc.kill9();
+        }
+    }
+
+    /// Starts member `i` again on its data and ports.
+    pub fn start_member(&mut self, i: usize) {
+        self.members[i].proc = Some(self.spawn(i));
+    }
+
+    /// kill -9 of every member.
+    pub fn kill9(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9_member(i);
+        }
+    }
+
+    /// kill -9 of every member, then all start again on the same data and ports.
     pub async fn restart(&mut self) {
-        self.proc.kill9();
-        self.proc = Self::spawn(&self.dir, self.client_port, self.peer_port);
+        self.kill9();
+        for i in 0..self.members.len() {
+            self.start_member(i);
+        }
         self.wait_healthy().await;
     }
 
@@ -596,7 +636,9 @@ impl Etcd {
     /// prefix (read through etcd's JSON gateway), if one does.
     pub fn leader_url(&self) -> Option<String> {
         let body = format!(r#"{{"key":"{}"}}"#, base64(b"/baton/leader"));
-        let mut response = ureq::post(format!("{}/v3/kv/range", self.endpoint)).send(body.as_str()).ok()?;
+        let member = self.members.iter().find(|m| m.proc.is_some())?;
+        let url = format!("http://127.0.0.1:{}/v3/kv/range", member.client_port);
+        let mut response = ureq::post(url).send(body.as_str()).ok()?;
         let range: serde_json::Value = serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
         let value = unbase64(range["kvs"][0]["value"].as_str()?)?;
         String::from_utf8(value).ok()

@@ -141,7 +141,7 @@ async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_
     finished(&cluster, &before, secs(10)).await;
 
     recorder.fault("kill -9 etcd");
-    etcd.proc.kill9();
+    etcd.kill9();
     let submitting = {
         let recorder = recorder.clone();
         tokio::spawn(async move { recorder.submit_one(request(sleep_spec(100))).await })
@@ -563,7 +563,7 @@ impl Rng {
     }
 
     /// Uniform enough in 0..n (0 when n is 0).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next() % n }
     }
 

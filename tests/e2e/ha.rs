@@ -184,3 +184,40 @@ async fn a_leader_cut_off_from_etcd_is_replaced() {
     assert_eq!(cluster.wait_leader(&etcd, secs(5)).await, successor, "the healed coordinator follows");
     recorder.check(&cluster, None, SETTLE).await;
 }
+
+/// Issue 9: on a 3-member etcd cluster, one member restarted mid-run, then the whole etcd
+/// cluster; the coordinators wait (acknowledging nothing), go on by themselves, and no
+/// acknowledged job is lost, done twice or changed once finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_members_and_the_whole_etcd_cluster_restarted_mid_run_lose_nothing() {
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let mut etcd = Etcd::start_members(3).await;
+    let mut cluster = three_coordinators(&etcd.endpoint).await;
+    cluster.add_agent("a0", 4, &[]);
+    cluster.add_agent("a1", 4, &[]);
+    cluster.wait_agents(2).await;
+    let recorder = Recorder::start(&cluster);
+    let workload = Workload::start(&recorder, seed, Flow { batch: 6, every_ms: 150, longest_ms: 400, for_s: 20 });
+    for _ in 0..2 {
+        sleep(rng.millis(1500, 3000)).await;
+        let member = rng.below(3) as usize;
+        recorder.fault(format!("kill -9 etcd member m{member}, back after 2 s"));
+        etcd.kill9_member(member);
+        sleep(secs(2)).await;
+        etcd.start_member(member);
+        etcd.wait_healthy().await;
+    }
+    sleep(secs(2)).await;
+    recorder.fault("kill -9 every etcd member, back after 2 s");
+    etcd.kill9();
+    sleep(secs(2)).await;
+    etcd.restart().await;
+    let acked = workload.finish().await;
+    assert!(acked >= 100, "only {acked} jobs were acknowledged");
+    // The coordinators go on by themselves: a leader again, taking jobs.
+    cluster.wait_leader(&etcd, secs(15)).await;
+    let id = recorder.submit_one(request(sleep_spec(0))).await;
+    assert_eq!(finished(&cluster, &id, secs(15)).await.state(), JobState::Succeeded);
+    recorder.check(&cluster, Some(seed), SETTLE).await;
+}
