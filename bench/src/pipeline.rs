@@ -191,6 +191,38 @@ async fn backlog(jobs: usize, measured: usize, empty: (f64, f64, f64)) {
     row("  of which loading the store", "-".into(), format!("{load_ms} ms"), "-".into(), "");
 }
 
+/// Three coordinators on one etcd member, agents and a client: the leader is killed
+/// `kills` times; prints the time from each kill to the first job acknowledged after it.
+async fn failover(kills: usize) {
+    let etcd = Etcd::start().await;
+    let mut cluster = Cluster::start_several(3, &etcd.coordinator_args(), &[]).await;
+    for i in 0..AGENTS {
+        cluster.add_agent(&format!("bench-{i}"), SLOTS, &[]);
+    }
+    cluster.wait_agents(AGENTS).await;
+    let client = cluster.jobs().await;
+    let mut seconds = Vec::with_capacity(kills);
+    for _ in 0..kills {
+        let leader = cluster.wait_leader(&etcd, Duration::from_secs(15)).await;
+        let killed = Instant::now();
+        cluster.kill9_coordinator_at(leader);
+        while client.clone().submit_job(noop()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seconds.push(killed.elapsed().as_secs_f64());
+        cluster.start_coordinator_at(leader).await;
+    }
+    seconds.sort_by(f64::total_cmp);
+    row(
+        "failover: leader kill -9 → first job acknowledged",
+        "-".into(),
+        format!("p50 {:.2} s", percentile(&seconds, 0.5)),
+        "-".into(),
+        "≤ 5 s",
+    );
+    row(&format!("  the longest of {kills}"), "-".into(), format!("{:.2} s", seconds[kills - 1]), "-".into(), "≤ 5 s");
+}
+
 /// Dispatch p50, p99 and throughput with `agents` agents and a coordinator started with
 /// `args`; prints the row.
 async fn measure(args: &[&str], agents: usize, jobs: usize) -> (f64, f64, f64) {
@@ -242,10 +274,16 @@ async fn main() {
         empty = measure(&[], agents, jobs).await;
     }
     if flag("--store").as_deref() == Some("etcd") {
-        let etcd = Etcd::start().await;
-        println!("\nthe same with the coordinator's store on etcd (one member, fsync on):");
-        let on_etcd = measure(&etcd.coordinator_args(), AGENTS, jobs).await;
-        compare("etcd", empty, on_etcd, ("≤ 5 ms", "≥ 5,000/s"));
+        println!("\nthe same with the coordinator's store on etcd (fsync on), one member, then three:");
+        let one = Etcd::start().await;
+        let on_one = measure(&one.coordinator_args(), AGENTS, jobs).await;
+        drop(one);
+        let three = Etcd::start_members(3).await;
+        let on_three = measure(&three.coordinator_args(), AGENTS, jobs).await;
+        drop(three);
+        compare("etcd, 1 member", empty, on_one, ("≤ 5 ms", "≥ 5,000/s"));
+        compare("etcd, 3 members", empty, on_three, ("", ""));
+        failover(10).await;
     }
     if backlog_jobs > 0 {
         backlog(backlog_jobs, jobs, empty).await;
