@@ -25,6 +25,7 @@ pub struct Identity {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REDIRECTS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The agent's stop: `leaving` fires when it begins (the coordinator is told, and sends no
@@ -50,6 +51,8 @@ pub async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut turn = 0;
     let mut leader: Option<String> = None;
+    // Redirects followed in a row: past a few, leadership is moving; back off as usual.
+    let mut redirects = 0;
     loop {
         let coordinator = leader.take().unwrap_or_else(|| coordinators[turn % coordinators.len()].clone());
         let session = session(&coordinator, &identity, &runner, &mut events, &stopping);
@@ -59,15 +62,17 @@ pub async fn run(
             result = session => match result {
                 Ok(()) => tracing::warn!(coordinator = %coordinator, "coordinator closed the stream"),
                 Err(e) => match leader_named_in(&e) {
-                    Some(url) => {
+                    Some(url) if redirects < MAX_REDIRECTS => {
                         tracing::info!(coordinator = %coordinator, leader = %url, "following the coordinator to its leader");
                         leader = Some(url);
+                        redirects += 1;
                         continue;
                     }
-                    None => tracing::warn!(coordinator = %coordinator, error = %e, "cannot reach the coordinator"),
+                    _ => tracing::warn!(coordinator = %coordinator, error = %e, "cannot reach the coordinator"),
                 },
             },
         }
+        redirects = 0;
         if connected_for.elapsed() > MAX_BACKOFF {
             backoff = MIN_BACKOFF;
         }

@@ -7,7 +7,7 @@
 use crate::executor::{ExecError, Executor};
 use baton_proto::context::JobContext;
 use baton_proto::job::{kind_name, now, to_duration};
-use baton_proto::limits::{enforce_progress_limit, enforce_result_limit};
+use baton_proto::limits::{enforce_progress_limit, enforce_report_limits};
 use baton_proto::v1::{
     AgentMessage, Assignment, AttemptRef, JobFinished, JobProgress, JobResult, JobStarted, agent_message, job_finished,
 };
@@ -30,7 +30,6 @@ enum Stop {
 }
 
 struct Running {
-    attempt: u32,
     started_at: pbjson_types::Timestamp,
     cancel: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
@@ -45,7 +44,8 @@ impl Running {
 
 #[derive(Default)]
 struct Book {
-    running: HashMap<String, Running>,
+    /// By (job, attempt): an older attempt of a job may still be stopping when a newer one starts.
+    running: HashMap<(String, u32), Running>,
     /// Finished and not yet acknowledged, by (job, attempt).
     outbox: HashMap<(String, u32), JobFinished>,
 }
@@ -100,8 +100,12 @@ impl Runner {
     pub fn running(&self) -> Vec<AttemptRef> {
         let book = self.book();
         let refs = book.running.iter();
-        refs.map(|(id, r)| AttemptRef { job_id: id.clone(), attempt: r.attempt, started_at: Some(r.started_at) })
-            .collect()
+        refs.map(|((id, attempt), r)| AttemptRef {
+            job_id: id.clone(),
+            attempt: *attempt,
+            started_at: Some(r.started_at),
+        })
+        .collect()
     }
 
     /// Finished reports not yet acknowledged, oldest first, for re-sending after a hello.
@@ -117,7 +121,7 @@ impl Runner {
     }
 
     pub fn cancel(&self, job_id: &str, attempt: u32, reason: &str) {
-        if let Some(r) = self.book().running.get(job_id).filter(|r| r.attempt == attempt) {
+        if let Some(r) = self.book().running.get(&(job_id.to_string(), attempt)) {
             r.stop(Stop::Cancel(reason.to_string()));
         }
     }
@@ -174,11 +178,11 @@ impl Runner {
         let stop = Arc::new(Mutex::new(None));
         {
             let mut book = self.book();
-            if book.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
+            if book.running.contains_key(&(job_id.clone(), attempt)) {
                 return;
             }
-            let running = Running { attempt, started_at: now(), cancel: cancel.clone(), stop: stop.clone() };
-            book.running.insert(job_id.clone(), running);
+            let running = Running { started_at: now(), cancel: cancel.clone(), stop: stop.clone() };
+            book.running.insert((job_id.clone(), attempt), running);
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -186,9 +190,7 @@ impl Runner {
             let (result, outcome) = this.execute(assignment, cancel, stop).await;
             {
                 let mut book = this.book();
-                if book.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
-                    book.running.remove(&job_id);
-                }
+                book.running.remove(&(job_id.clone(), attempt));
             }
             this.report(JobFinished { job_id, attempt, result, outcome });
         });
@@ -196,7 +198,7 @@ impl Runner {
 
     /// Keeps a finished attempt's report (held to the size limit) until acknowledged, and sends it.
     fn report(&self, mut finished: JobFinished) {
-        enforce_result_limit(&mut finished);
+        enforce_report_limits(&mut finished);
         let outcome = match &finished.outcome {
             None => "succeeded",
             Some(job_finished::Outcome::Failure(_)) => "failed",

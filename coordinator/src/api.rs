@@ -1,8 +1,9 @@
 //! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
 
 use crate::core::JobFilter;
-use crate::role::{Role, forwarded};
+use crate::role::{Role, forwarded, was_forwarded};
 use crate::state::{AgentEntry, StateError};
+use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_proto::v1::agent_message::Kind as AgentKind;
@@ -39,9 +40,15 @@ macro_rules! lead_or_forward {
     ($self:ident, $req:ident, $client:ident . $method:ident) => {
         match $self.role.coordinator() {
             Some(coordinator) => coordinator.clone(),
+            None if was_forwarded(&$req) => return Err(not_leading()),
             None => return $self.role.$client()?.$method(forwarded($req)).await,
         }
     };
+}
+
+/// For a forwarded call that reached a coordinator which does not lead (leadership moved).
+fn not_leading() -> Status {
+    Status::unavailable("leadership is moving between coordinators; try again")
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -167,6 +174,9 @@ impl JobService for Api {
 
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let Some(coordinator) = self.role.coordinator() else {
+            if was_forwarded(&req) {
+                return Err(not_leading());
+            }
             let watched = self.role.jobs()?.watch_job(forwarded(req)).await?;
             let stream: Self::WatchJobStream =
                 Box::pin(watched.into_inner().take_until(self.shutdown.clone().cancelled_owned()));
@@ -191,6 +201,11 @@ impl JobService for Api {
         let coordinator = lead_or_forward!(self, req, jobs.cancel_job);
         let req = req.into_inner();
         require_id(&req.id, "id")?;
+        if req.reason.chars().count() > MAX_CANCEL_REASON_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "reason: must be at most {MAX_CANCEL_REASON_CHARS} characters"
+            )));
+        }
         Ok(Response::new(coordinator.cancel(&req.id, &req.reason).await?))
     }
 }

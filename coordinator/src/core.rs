@@ -14,7 +14,7 @@ use crate::record::{JobRecord, view as record_view};
 use crate::state::{Action, AgentEntry, Retention, State, StateError};
 use crate::store::{Commit, Store, StoreError};
 use baton_proto::job::to_system_time;
-use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_result_limit};
+use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_report_limits};
 use baton_proto::telemetry::{extract, inject};
 use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::{
@@ -64,6 +64,10 @@ enum Effect {
 #[derive(Default)]
 struct Batch {
     jobs: HashMap<String, JobRecord>,
+    /// Finished versions of jobs removed in this same batch: for watchers only.
+    last_versions: Vec<JobRecord>,
+    /// Write actions taken into this batch (a job written twice counts twice).
+    writes: usize,
     results: Vec<(String, JobResult)>,
     removed: Vec<String>,
     drained_agents: Vec<String>,
@@ -72,7 +76,7 @@ struct Batch {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.removed.is_empty() && self.drained_agents.is_empty() && self.effects.is_empty()
+        self.writes == 0 && self.effects.is_empty()
     }
 }
 
@@ -166,8 +170,7 @@ impl Coordinator {
         let mut inner = self.lock();
         let (result, mut actions) = change(&mut inner);
         actions.extend(inner.state.schedule());
-        let added = !actions.is_empty();
-        apply(&mut inner, actions);
+        let added = apply(&mut inner, actions);
         let ticket = Ticket(added.then_some(inner.pending_generation));
         drop(inner);
         if added {
@@ -216,7 +219,7 @@ impl Coordinator {
                 for effect in batch.effects {
                     run_effect(effect);
                 }
-                self.notify_watchers(&change);
+                self.notify_watchers(change.jobs.iter().chain(&batch.last_versions), &change.results);
             }
         }
     }
@@ -275,13 +278,13 @@ impl Coordinator {
     }
 
     /// Sends each watched job's committed version (with its result once finished).
-    fn notify_watchers(&self, change: &Commit) {
+    fn notify_watchers<'a>(&self, jobs: impl Iterator<Item = &'a JobRecord>, results: &[(String, JobResult)]) {
         let mut inner = self.lock();
         if inner.watchers.is_empty() {
             return;
         }
-        let results: HashMap<&str, &JobResult> = change.results.iter().map(|(id, r)| (id.as_str(), r)).collect();
-        for job in &change.jobs {
+        let results: HashMap<&str, &JobResult> = results.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        for job in jobs {
             if let Some(w) = inner.watchers.get(&job.id) {
                 w.send_replace(view(&inner.state, job, results.get(job.id.as_str()).map(|r| (*r).clone())));
                 if job.state().is_terminal() {
@@ -413,6 +416,9 @@ impl Coordinator {
                 let mut records: Vec<JobRecord> = Vec::with_capacity(page_size.min(1024));
                 let mut resume = None;
                 let mut last_examined = None;
+                // Only the jobs returned are held to "durable only": a job whose uncommitted
+                // change moved it out of the filter is left out (waiting on every job looked
+                // at would keep a busy coordinator's lists waiting for ever).
                 for (examined, job) in inner.state.jobs_newest_first(before_seq).enumerate() {
                     if records.len() == page_size || examined == MAX_SCAN {
                         resume = last_examined;
@@ -518,7 +524,7 @@ impl Coordinator {
                 }
                 Some(AgentKind::Finished(mut report)) => {
                     // The agent enforces the limit; a report from one that did not is held to it here.
-                    enforce_result_limit(&mut report);
+                    enforce_report_limits(&mut report);
                     state.finished(agent_id, report)
                 }
                 Some(AgentKind::Leaving(_)) => {
@@ -596,21 +602,35 @@ fn message(kind: coordinator_message::Kind) -> Result<CoordinatorMessage, Status
     Ok(CoordinatorMessage { kind: Some(kind) })
 }
 
-fn apply(inner: &mut Inner, actions: Vec<Action>) {
+/// Adds the actions' writes and messages to the pending batch; returns whether anything
+/// was added (a caller then has something to wait for).
+fn apply(inner: &mut Inner, actions: Vec<Action>) -> bool {
+    let (writes, effects) = (inner.pending.writes, inner.pending.effects.len());
     for action in actions {
         match action {
             Action::Persist(id) => {
                 if let Some(job) = inner.state.job(&id) {
                     inner.pending.jobs.insert(id.clone(), job.clone());
+                    inner.pending.writes += 1;
                     inner.dirty.insert(id, inner.pending_generation);
                 }
             }
-            Action::StoreResult { job_id, result } => inner.pending.results.push((job_id, *result)),
+            Action::StoreResult { job_id, result } => {
+                inner.pending.results.push((job_id, *result));
+                inner.pending.writes += 1;
+            }
             Action::Remove(id) => {
-                inner.pending.jobs.remove(&id);
+                inner.pending.writes += 1;
+                // A job removed in the batch that finished it: its watchers still get that version.
+                if let Some(last) = inner.pending.jobs.remove(&id) {
+                    inner.pending.last_versions.push(last);
+                }
                 inner.pending.removed.push(id);
             }
-            Action::PersistDrain(agent_id) => inner.pending.drained_agents.push(agent_id),
+            Action::PersistDrain(agent_id) => {
+                inner.pending.drained_agents.push(agent_id);
+                inner.pending.writes += 1;
+            }
             Action::Drain { agent_id } => {
                 if let Some(link) = inner.links.get(&agent_id) {
                     let kind = coordinator_message::Kind::Drain(Default::default());
@@ -647,6 +667,7 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
             }
         }
     }
+    inner.pending.writes != writes || inner.pending.effects.len() != effects
 }
 
 fn run_effect(effect: Effect) {

@@ -60,7 +60,11 @@ impl Election {
         let mut unreachable_logged = false;
         loop {
             match self.try_to_lead().await {
-                Ok(Ok(leadership)) => return leadership,
+                Ok(Ok(leadership)) => {
+                    // Never forward to a coordinator led before: this one is taking over.
+                    leader.send_replace(Some(self.url.clone()));
+                    return leadership;
+                }
                 Ok(Err(current)) => {
                     unreachable_logged = false;
                     if leader.borrow().as_deref() != current.as_deref() {
@@ -105,7 +109,11 @@ impl Election {
             });
             return Ok(Err(current));
         }
-        let create_revision = response.header().map_or(0, |h| h.revision());
+        let Some(create_revision) = response.header().map(|h| h.revision()).filter(|r| *r > 0) else {
+            // Without the revision there is no fence; better not to lead.
+            let _ = client.lease_revoke(lease).await;
+            return Ok(Err(None));
+        };
         let lost = CancellationToken::new();
         tokio::spawn(keep_alive(client, lease, self.lease, lost.clone()));
         tracing::info!(url = %self.url, revision = create_revision, "elected leader");

@@ -65,7 +65,12 @@ impl Role {
         }
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Status::internal(format!("the leader's advertise URL {url:?} is not a URL: {e}")))?;
-        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        // A leader that stops answering (paused, cut off) fails forwarded calls within ~3 s.
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+            .keep_alive_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy();
         *cached = Some((url, channel.clone()));
         Ok(channel)
     }
@@ -97,10 +102,21 @@ impl Role {
     }
 }
 
-/// The call as it goes on to the leader: the message and the caller's trace context.
+/// Marks a call a follower forwarded: a coordinator that gets one and does not lead
+/// refuses it rather than forward it again (no call bounces between coordinators).
+const FORWARDED_METADATA: &str = "baton-forwarded";
+
+/// Whether a follower already forwarded this call.
+pub fn was_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_METADATA)
+}
+
+/// The call as it goes on to the leader: the message, the caller's trace context, and the
+/// mark that it was forwarded.
 pub fn forwarded<T>(request: Request<T>) -> Request<T> {
     let (metadata, _, message) = request.into_parts();
     let mut onward = Request::new(message);
+    onward.metadata_mut().insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
     for key in ["traceparent", "tracestate"] {
         if let Some(value) = metadata.get(key) {
             onward.metadata_mut().insert(key, value.clone());

@@ -723,8 +723,12 @@ impl State {
     pub fn drain(&mut self, agent_id: &str) -> Result<Vec<Action>, StateError> {
         let agent = self.agents.get_mut(agent_id).ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))?;
         agent.draining = true;
-        self.drained.insert(agent_id.to_string());
-        Ok(vec![Action::PersistDrain(agent_id.to_string()), Action::Drain { agent_id: agent_id.to_string() }])
+        let mut actions = Vec::new();
+        if self.drained.insert(agent_id.to_string()) {
+            actions.push(Action::PersistDrain(agent_id.to_string()));
+        }
+        actions.push(Action::Drain { agent_id: agent_id.to_string() });
+        Ok(actions)
     }
 }
 
@@ -1002,6 +1006,7 @@ mod tests {
         assert!(s.schedule().is_empty(), "a leaving agent gets no work");
         s.hello(&hello("b", 1, &[]), Instant::now());
         assert_eq!(s.drain("b").unwrap()[0], Action::PersistDrain("b".into()));
+        assert_eq!(s.drain("b").unwrap(), [Action::Drain { agent_id: "b".into() }], "drained once, stored once");
         assert!(s.schedule().is_empty(), "a drained agent gets no work");
         let mut r = State::restore(vec![s.job("j").unwrap().clone()], vec!["b".into()], Instant::now());
         let actions = r.hello(&hello("b", 1, &[]), Instant::now());

@@ -16,6 +16,10 @@ pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// One ListJobs page, encoded; a page ends early rather than grow past it.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// A reason (why a job failed, was cancelled, timed out), in characters; a longer one is cut.
+pub const MAX_REASON_CHARS: usize = 4000;
+/// A cancel request's reason, in characters; a longer one is refused.
+pub const MAX_CANCEL_REASON_CHARS: usize = 1000;
 
 /// `3.0 MiB`, `600.0 KiB`, `12 bytes`.
 pub fn size(bytes: usize) -> String {
@@ -28,9 +32,24 @@ pub fn size(bytes: usize) -> String {
     }
 }
 
-/// A report whose result is over [`MAX_RESULT_BYTES`] becomes a failure that says so;
-/// returns true when it did.
-pub fn enforce_result_limit(report: &mut JobFinished) -> bool {
+/// Cuts a reason to [`MAX_REASON_CHARS`], saying how long it was.
+pub fn cut_reason(reason: &mut String) {
+    let chars = reason.chars().count();
+    if chars > MAX_REASON_CHARS {
+        let keep: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        *reason = format!("{keep}… [cut: {chars} characters in all]");
+    }
+}
+
+/// Holds a finished report to the limits: its reason is cut to [`MAX_REASON_CHARS`], and a
+/// result over [`MAX_RESULT_BYTES`] makes it a failure that says so (returns true then).
+pub fn enforce_report_limits(report: &mut JobFinished) -> bool {
+    use job_finished::Outcome;
+    if let Some(Outcome::Failure(r) | Outcome::Cancelled(r) | Outcome::TimedOut(r) | Outcome::HandedBack(r)) =
+        report.outcome.as_mut()
+    {
+        cut_reason(r);
+    }
     let bytes = report.result.as_ref().map_or(0, Message::encoded_len);
     if bytes <= MAX_RESULT_BYTES {
         return false;
@@ -65,7 +84,7 @@ mod tests {
     fn an_oversized_result_fails_its_job_and_says_why() {
         let big = JobResult { kind: Some(crate::v1::job_result::Kind::Noop(Default::default())) };
         let mut small = JobFinished { job_id: "j".into(), attempt: 1, result: Some(big), outcome: None };
-        assert!(!enforce_result_limit(&mut small));
+        assert!(!enforce_report_limits(&mut small));
         assert!(small.outcome.is_none());
         // Any result kind: the limit is on the encoded bytes.
         let step = ScriptStep { script: "x".repeat(MAX_RESULT_BYTES + 300 * 1024) };
@@ -82,10 +101,20 @@ mod tests {
             result: Some(JobResult { kind: Some(crate::v1::job_result::Kind::Browser(report)) }),
             outcome: None,
         };
-        assert!(enforce_result_limit(&mut big));
+        assert!(enforce_report_limits(&mut big));
         assert!(big.result.is_none());
         let Some(job_finished::Outcome::Failure(reason)) = big.outcome else { panic!("not a failure") };
         assert!(reason.starts_with("result too large: 3.3 MiB encoded, over the 3.0 MiB limit"), "{reason}");
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_and_says_so() {
+        let outcome = Some(job_finished::Outcome::Failure("é".repeat(10_000)));
+        let mut report = JobFinished { job_id: "j".into(), attempt: 1, result: None, outcome };
+        enforce_report_limits(&mut report);
+        let Some(job_finished::Outcome::Failure(reason)) = report.outcome else { panic!("still a failure") };
+        assert!(reason.ends_with("… [cut: 10000 characters in all]"), "{}", &reason[reason.len() - 40..]);
+        assert_eq!(reason.chars().count(), MAX_REASON_CHARS + "… [cut: 10000 characters in all]".chars().count());
     }
 
     #[test]
