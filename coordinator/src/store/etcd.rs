@@ -211,13 +211,15 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, change: Arc<Commit>) -> Result<(), StoreError> {
-        if change.jobs.is_empty() && change.results.is_empty() && change.removed.is_empty() {
-            if change.drained_agents.is_empty() {
-                // Nothing to write, but the batch's messages (acks, cancels) go out only
-                // from the leader: check the fence alone.
-                self.run(vec![Vec::new()]).await?;
-                return Ok(());
-            }
+        let nothing_to_write = change.jobs.is_empty()
+            && change.results.is_empty()
+            && change.removed.is_empty()
+            && change.drained_agents.is_empty();
+        if nothing_to_write {
+            // The batch's messages (acks, cancels) go out only from the leader: check the
+            // fence alone.
+            self.run(vec![Vec::new()]).await?;
+            return Ok(());
         }
         // Results first: each in parts, and whatever parts an older result left beyond them deleted.
         let mut results = Cutter::default();
