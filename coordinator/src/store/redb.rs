@@ -87,6 +87,9 @@ fn result(db: &Database, job_id: &str) -> Result<Option<JobResult>, StoreError> 
 }
 
 fn commit(db: &Database, change: &Commit) -> Result<(), StoreError> {
+    if change.jobs.is_empty() && change.removed.is_empty() && change.drained_agents.is_empty() {
+        return Ok(()); // only messages in this batch: nothing to make durable
+    }
     let txn = db.begin_write().map_err(io)?;
     {
         let mut table = txn.open_table(JOBS).map_err(io)?;
