@@ -87,7 +87,11 @@ fn result(db: &Database, job_id: &str) -> Result<Option<JobResult>, StoreError> 
 }
 
 fn commit(db: &Database, change: &Commit) -> Result<(), StoreError> {
-    if change.jobs.is_empty() && change.removed.is_empty() && change.drained_agents.is_empty() {
+    let nothing_to_write = change.jobs.is_empty()
+        && change.results.is_empty()
+        && change.removed.is_empty()
+        && change.drained_agents.is_empty();
+    if nothing_to_write {
         return Ok(()); // only messages in this batch: nothing to make durable
     }
     let txn = db.begin_write().map_err(io)?;
