@@ -211,11 +211,7 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, change: Arc<Commit>) -> Result<(), StoreError> {
-        let nothing_to_write = change.jobs.is_empty()
-            && change.results.is_empty()
-            && change.removed.is_empty()
-            && change.drained_agents.is_empty();
-        if nothing_to_write {
+        if change.writes_nothing() {
             // The batch's messages (acks, cancels) go out only from the leader: check the
             // fence alone.
             self.run(vec![Vec::new()]).await?;

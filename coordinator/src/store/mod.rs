@@ -55,6 +55,13 @@ pub struct Commit {
     pub drained_agents: Vec<String>,
 }
 
+impl Commit {
+    /// Only messages rode on this batch: there is nothing to make durable.
+    pub fn writes_nothing(&self) -> bool {
+        self.jobs.is_empty() && self.results.is_empty() && self.removed.is_empty() && self.drained_agents.is_empty()
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<Stored, StoreError>;

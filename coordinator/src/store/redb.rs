@@ -87,12 +87,8 @@ fn result(db: &Database, job_id: &str) -> Result<Option<JobResult>, StoreError> 
 }
 
 fn commit(db: &Database, change: &Commit) -> Result<(), StoreError> {
-    let nothing_to_write = change.jobs.is_empty()
-        && change.results.is_empty()
-        && change.removed.is_empty()
-        && change.drained_agents.is_empty();
-    if nothing_to_write {
-        return Ok(()); // only messages in this batch: nothing to make durable
+    if change.writes_nothing() {
+        return Ok(());
     }
     let txn = db.begin_write().map_err(io)?;
     {
