@@ -193,6 +193,7 @@ impl Runner {
                 book.running.remove(&(job_id.clone(), attempt));
             }
             this.report(JobFinished { job_id, attempt, result, outcome });
+            baton_proto::telemetry::flush_spans();
         });
     }
 

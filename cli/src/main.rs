@@ -11,7 +11,7 @@ use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::job_service_client::JobServiceClient;
 use baton_proto::v1::{
     CancelJobRequest, DrainAgentRequest, GetJobRequest, Job, JobState, JobView, ListAgentsRequest, ListJobsRequest,
-    WatchJobRequest,
+    UndrainAgentRequest, WatchJobRequest,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use show::Output;
@@ -75,18 +75,24 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Cancel a job: a queued one at once, a running one through its agent.
+    /// Cancel a job: a queued one at once, a running one through its agent (shown as
+    /// `cancelling` until the agent confirms).
     Cancel {
         id: String,
         #[arg(long, default_value = "")]
         reason: String,
+        /// Wait until the job has stopped; exit non-zero unless it ended cancelled.
+        #[arg(long)]
+        wait: bool,
     },
     /// What finished jobs measured, as tables and plots (default: the 10 latest).
     Report { ids: Vec<String> },
     /// List agents and what they offer.
     Agents,
-    /// Let an agent finish its jobs and take no new ones.
+    /// Let an agent finish its jobs and take no new ones (remembered across restarts).
     Drain { agent_id: String },
+    /// End an agent's drain: it takes jobs again.
+    Undrain { agent_id: String },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -200,8 +206,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report::print(&found);
             }
         }
-        Command::Cancel { id, reason } => {
-            out.job(&jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner())?
+        Command::Cancel { id, reason, wait } => {
+            let job = jobs.cancel_job(CancelJobRequest { id, reason }).await?.into_inner();
+            if wait && !job.state().is_terminal() {
+                let job = follow(&mut jobs, job.id, &out).await?;
+                out.job(&job)?;
+                return Ok(if job.state() == JobState::Cancelled { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            out.job(&job)?
         }
         Command::Agents => {
             let agents = AdminServiceClient::new(channel).list_agents(ListAgentsRequest {}).await?.into_inner().agents;
@@ -210,6 +222,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drain { agent_id } => {
             let agent =
                 AdminServiceClient::new(channel).drain_agent(DrainAgentRequest { agent_id }).await?.into_inner();
+            out.agents(&[agent])?;
+        }
+        Command::Undrain { agent_id } => {
+            let agent =
+                AdminServiceClient::new(channel).undrain_agent(UndrainAgentRequest { agent_id }).await?.into_inner();
             out.agents(&[agent])?;
         }
     }

@@ -43,7 +43,7 @@ impl Output {
             ("id", job.id.clone()),
             ("name", job.spec.as_ref().map(display_name).unwrap_or("").to_string()),
             ("kind", kind.to_string()),
-            ("state", job.state().short_name().to_string()),
+            ("state", state_text(job)),
             ("attempt", job.attempt.to_string()),
             ("agent", job.agent_id.clone()),
             ("reason", job.reason.clone()),
@@ -80,7 +80,7 @@ impl Output {
                 job.id.clone(),
                 job.spec.as_ref().map(display_name).unwrap_or("").to_string(),
                 kind.to_string(),
-                job.state().short_name().to_string(),
+                state_text(job),
                 job.attempt.to_string(),
                 job.agent_id.clone(),
                 ran_for(job),
@@ -140,10 +140,20 @@ impl Output {
     }
 }
 
+/// The job's state as people read it: `running`, or `cancelling` once a cancel was asked
+/// for and the agent has not confirmed it yet.
+pub fn state_text(job: &Job) -> String {
+    if job.cancel_requested && !job.state().is_terminal() {
+        "cancelling".to_string()
+    } else {
+        job.state().short_name().to_string()
+    }
+}
+
 pub fn update_bar(bar: &ProgressBar, job: &Job) {
     let progress = job.progress.clone().unwrap_or_default();
     bar.set_position((progress.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
-    let mut msg = job.state().short_name().to_string();
+    let mut msg = state_text(job);
     if job.state() == JobState::Queued && !job.reason.is_empty() {
         msg = format!("{msg}: {}", job.reason);
     } else if !progress.message.is_empty() {

@@ -12,7 +12,7 @@ use baton_proto::v1::job_service_server::JobService;
 use baton_proto::v1::{
     Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Job, JobState,
     JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
-    SubmitJobsRequest, SubmitJobsResponse, WatchJobRequest, Welcome, coordinator_message,
+    SubmitJobsRequest, SubmitJobsResponse, UndrainAgentRequest, WatchJobRequest, Welcome, coordinator_message,
 };
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -236,7 +236,14 @@ impl AdminService for Api {
         let coordinator = lead_or_forward!(self, req, admin.drain_agent);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
-        Ok(Response::new(agent_view(coordinator.drain(&id).await?)))
+        Ok(Response::new(agent_view(coordinator.drain(&id, true).await?)))
+    }
+
+    async fn undrain_agent(&self, req: Request<UndrainAgentRequest>) -> Result<Response<Agent>, Status> {
+        let coordinator = lead_or_forward!(self, req, admin.undrain_agent);
+        let id = req.into_inner().agent_id;
+        require_id(&id, "agentId")?;
+        Ok(Response::new(agent_view(coordinator.drain(&id, false).await?)))
     }
 }
 

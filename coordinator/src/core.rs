@@ -71,6 +71,7 @@ struct Batch {
     results: Vec<(String, JobResult)>,
     removed: Vec<String>,
     drained_agents: Vec<String>,
+    undrained_agents: Vec<String>,
     effects: Vec<Effect>,
 }
 
@@ -207,6 +208,7 @@ impl Coordinator {
                     results: batch.results,
                     removed: batch.removed,
                     drained_agents: batch.drained_agents,
+                    undrained_agents: batch.undrained_agents,
                 });
                 if !self.commit_until_durable(&change, generation).await {
                     // Deposed: this batch and everything after it stay unacknowledged.
@@ -554,11 +556,13 @@ impl Coordinator {
         agents
     }
 
-    /// Drains an agent; returns once the drain is durable.
-    pub async fn drain(&self, agent_id: &str) -> Result<AgentEntry, StateError> {
-        let (result, ticket) = self.mutate(|inner| match inner.state.drain(agent_id) {
-            Ok(actions) => (Ok(()), actions),
-            Err(e) => (Err(e), Vec::new()),
+    /// Drains an agent (`drain`) or ends its drain; returns once that is durable.
+    pub async fn drain(&self, agent_id: &str, drain: bool) -> Result<AgentEntry, StateError> {
+        let (result, ticket) = self.mutate(|inner| {
+            match if drain { inner.state.drain(agent_id) } else { inner.state.undrain(agent_id) } {
+                Ok(actions) => (Ok(()), actions),
+                Err(e) => (Err(e), Vec::new()),
+            }
         });
         result?;
         self.durable(ticket).await;
@@ -629,6 +633,10 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) -> bool {
             }
             Action::PersistDrain(agent_id) => {
                 inner.pending.drained_agents.push(agent_id);
+                inner.pending.writes += 1;
+            }
+            Action::PersistUndrain(agent_id) => {
+                inner.pending.undrained_agents.push(agent_id);
                 inner.pending.writes += 1;
             }
             Action::Drain { agent_id } => {

@@ -201,7 +201,7 @@ impl World {
                     let job = self.state.job(&job_id).expect("a job with a result exists");
                     assert!(job.state().is_terminal() && job.has_result, "result stored for an open job {job_id}");
                 }
-                Action::Persist(_) | Action::PersistDrain(_) | Action::Drain { .. } => {}
+                Action::Persist(_) | Action::PersistDrain(_) | Action::PersistUndrain(_) | Action::Drain { .. } => {}
             }
         }
     }

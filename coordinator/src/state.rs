@@ -107,6 +107,8 @@ pub enum Action {
     Remove(String),
     /// Store that this agent is drained.
     PersistDrain(String),
+    /// Store that this agent is no longer drained.
+    PersistUndrain(String),
     /// Send the job's current attempt to the agent.
     Assign { agent_id: String, job_id: String },
     /// Tell the agent to stop an attempt.
@@ -732,6 +734,15 @@ impl State {
     }
 }
 
+impl State {
+    /// Ends a drain: the agent gets jobs again (stored, like the drain).
+    pub fn undrain(&mut self, agent_id: &str) -> Result<Vec<Action>, StateError> {
+        let agent = self.agents.get_mut(agent_id).ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))?;
+        agent.draining = false;
+        Ok(if self.drained.remove(agent_id) { vec![Action::PersistUndrain(agent_id.to_string())] } else { Vec::new() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1007,6 +1018,11 @@ mod tests {
         s.hello(&hello("b", 1, &[]), Instant::now());
         assert_eq!(s.drain("b").unwrap()[0], Action::PersistDrain("b".into()));
         assert_eq!(s.drain("b").unwrap(), [Action::Drain { agent_id: "b".into() }], "drained once, stored once");
+        let mut undrained = State::restore(Vec::new(), vec!["b".into()], Instant::now());
+        undrained.hello(&hello("b", 1, &[]), Instant::now());
+        assert_eq!(undrained.undrain("b").unwrap(), [Action::PersistUndrain("b".into())]);
+        submit(&mut undrained, "k", spec(0));
+        assert_eq!(assigned(&undrained.schedule()), [("b".into(), "k".into())], "an undrained agent gets work");
         assert!(s.schedule().is_empty(), "a drained agent gets no work");
         let mut r = State::restore(vec![s.job("j").unwrap().clone()], vec!["b".into()], Instant::now());
         let actions = r.hello(&hello("b", 1, &[]), Instant::now());

@@ -31,9 +31,12 @@ async fn committed_changes_survive_reopen<S: Store, F: std::future::Future<Outpu
             jobs: vec![JobRecord { attempt: 2, ..jobs[1].clone() }],
             results: vec![("j2".to_string(), noop())],
             removed: vec!["j3".into()],
-            drained_agents: vec!["agent-1".to_string()],
+            drained_agents: vec!["agent-1".to_string(), "agent-2".to_string()],
+            undrained_agents: Vec::new(),
         };
         store.commit(Arc::new(change)).await.unwrap();
+        let undrain = Commit { undrained_agents: vec!["agent-2".to_string()], ..Default::default() };
+        store.commit(Arc::new(undrain)).await.unwrap();
     }
     let store = open().await;
     let Stored { mut jobs, drained_agents } = store.load().await.unwrap();

@@ -55,7 +55,41 @@ pub fn init(service_name: &'static str) -> Telemetry {
         }
         None => tracing_subscriber::registry().with(fmt).init(),
     }
+    match &provider {
+        Some(_) => tracing::info!(
+            endpoint = %export_endpoint(),
+            "exporting spans over OTLP/gRPC (a finished job's spans are sent at once)"
+        ),
+        None => tracing::info!(
+            "span export is off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) before starting to send spans to Jaeger"
+        ),
+    }
     Telemetry { provider }
+}
+
+fn export_endpoint() -> String {
+    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_default()
+}
+
+/// The exporting provider, for [`flush_spans`].
+static PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
+
+/// Sends the spans ended so far now rather than at the next batch (e.g. when a job ends, so
+/// its trace is in Jaeger within about a second of its result). Returns at once; a no-op
+/// when export is off. Must be called inside the Tokio runtime.
+pub fn flush_spans() {
+    if let Some(provider) = PROVIDER.get() {
+        let provider = provider.clone();
+        // force_flush blocks until the batch task has exported.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = provider.force_flush() {
+                tracing::debug!(error = %e, "flushing spans failed");
+            }
+        });
+    }
 }
 
 fn build_provider(service_name: &'static str) -> Option<SdkTracerProvider> {
@@ -67,7 +101,14 @@ fn build_provider(service_name: &'static str) -> Option<SdkTracerProvider> {
             return None;
         }
     };
-    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if std::env::var("OTEL_BSP_SCHEDULE_DELAY").is_err() {
+        // Every second rather than the SDK's 5 s, so traces show up while people look.
+        batch = batch.with_scheduled_delay(std::time::Duration::from_secs(1));
+    }
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+        .with_batch_config(batch.build())
+        .build();
     let host = hostname();
     let resource = Resource::builder()
         .with_service_name(service_name)
@@ -78,6 +119,7 @@ fn build_provider(service_name: &'static str) -> Option<SdkTracerProvider> {
         .build();
     let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
     global::set_tracer_provider(provider.clone());
+    let _ = PROVIDER.set(provider.clone());
     Some(provider)
 }
 

@@ -349,3 +349,36 @@ async fn finished_jobs_past_the_retention_are_removed_oldest_first() {
         client.get_job(GetJobRequest { id: kept.clone() }).await.expect("kept");
     }
 }
+
+/// Issue 13 (output): `cancel` says `cancelling` until the agent confirms, `--wait` waits
+/// for it; `drain` keeps work off an agent and `undrain` gives it work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_cancels_drains_and_undrains() {
+    let mut cluster = Cluster::start(&[], &[]).await;
+    cluster.add_agent("a1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+    let long = client.submit_job(request(sleep_spec(60_000))).await.unwrap().into_inner().id;
+    wait_state(&cluster, &long, JobState::Running).await;
+    let (code, out, err) = cluster.cli(&["cancel", &long], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelling") || out.contains("cancelled"), "{out}");
+    finished(&cluster, &long, Duration::from_secs(10)).await;
+    let other = client.submit_job(request(sleep_spec(60_000))).await.unwrap().into_inner().id;
+    wait_state(&cluster, &other, JobState::Running).await;
+    let (code, out, err) = cluster.cli(&["-o", "json", "cancel", &other, "--wait", "--reason", "enough"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("JOB_STATE_CANCELLED") && out.contains("enough"), "{out}");
+
+    let (code, out, _) = cluster.cli(&["drain", "a1"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("draining"), "{out}");
+    let held = client.submit_job(request(sleep_spec(0))).await.unwrap().into_inner().id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let job = client.get_job(GetJobRequest { id: held.clone() }).await.unwrap().into_inner();
+    assert_eq!(job.state(), JobState::Queued, "a drained agent takes no work");
+    let (code, out, _) = cluster.cli(&["undrain", "a1"], None);
+    assert_eq!(code, 0);
+    assert!(!out.contains("draining"), "{out}");
+    assert_eq!(finished(&cluster, &held, Duration::from_secs(10)).await.state(), JobState::Succeeded);
+}

@@ -247,6 +247,9 @@ impl Store for EtcdStore {
         for agent in &change.drained_agents {
             records.push(TxnOp::put(self.key("drained", agent), Vec::new(), None), agent.len());
         }
+        for agent in &change.undrained_agents {
+            records.push(TxnOp::delete(self.key("drained", agent), None), agent.len());
+        }
         let revision = self.run(records.finish()).await?;
         self.compact(revision).await;
         Ok(())

@@ -53,12 +53,18 @@ pub struct Commit {
     pub removed: Vec<String>,
     /// Agents drained since the last commit.
     pub drained_agents: Vec<String>,
+    /// Agents whose drain ended since the last commit.
+    pub undrained_agents: Vec<String>,
 }
 
 impl Commit {
     /// Only messages rode on this batch: there is nothing to make durable.
     pub fn writes_nothing(&self) -> bool {
-        self.jobs.is_empty() && self.results.is_empty() && self.removed.is_empty() && self.drained_agents.is_empty()
+        self.jobs.is_empty()
+            && self.results.is_empty()
+            && self.removed.is_empty()
+            && self.drained_agents.is_empty()
+            && self.undrained_agents.is_empty()
     }
 }
 

@@ -113,6 +113,9 @@ fn commit(db: &Database, change: &Commit) -> Result<(), StoreError> {
         for id in &change.drained_agents {
             drained.insert(id.as_str(), ()).map_err(io)?;
         }
+        for id in &change.undrained_agents {
+            drained.remove(id.as_str()).map_err(io)?;
+        }
     }
     txn.commit().map_err(io)
 }
