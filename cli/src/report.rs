@@ -12,14 +12,19 @@ pub fn print(jobs: &[Job]) {
         if !job.reason.is_empty() {
             println!("reason: {}", job.reason);
         }
-        match job.result.as_ref().and_then(|r| r.kind.as_ref()) {
-            Some(job_result::Kind::Gpt2Train(r)) => train(r),
-            Some(job_result::Kind::Gpt2Infer(r)) => infer(r),
-            Some(job_result::Kind::Browser(r)) => browser(r),
-            Some(job_result::Kind::Sleep(s)) => println!("slept {} ms", s.slept_ms),
-            Some(job_result::Kind::Noop(_)) => println!("noop"),
-            None => println!("no result"),
-        }
+        measured(job);
+    }
+}
+
+/// What the job measured, as the report's tables (also under `get`, `watch`, `submit --wait`).
+pub fn measured(job: &Job) {
+    match job.result.as_ref().and_then(|r| r.kind.as_ref()) {
+        Some(job_result::Kind::Gpt2Train(r)) => train(r),
+        Some(job_result::Kind::Gpt2Infer(r)) => infer(r),
+        Some(job_result::Kind::Browser(r)) => browser(r),
+        Some(job_result::Kind::Sleep(s)) => println!("slept {} ms", s.slept_ms),
+        Some(job_result::Kind::Noop(_)) => println!("noop"),
+        None => println!("no result"),
     }
 }
 

@@ -54,13 +54,10 @@ impl Output {
         for (k, v) in rows.into_iter().filter(|(_, v)| !v.is_empty()) {
             t.add_row([k.to_string(), v]);
         }
-        if let Some(result) = &job.result {
-            let value = serde_json::to_value(result)?;
-            flatten("result", &value, &mut |k, v| {
-                t.add_row([k, v]);
-            });
-        }
         println!("{t}");
+        if job.result.is_some() {
+            crate::report::measured(job);
+        }
         Ok(())
     }
 
@@ -188,37 +185,4 @@ fn ran_for(job: &Job) -> String {
     let until =
         job.finished_at.as_ref().map(to_system_time).or_else(|| (!job.state().is_terminal()).then(SystemTime::now));
     seconds_between(job.started_at.as_ref(), until)
-}
-
-/// Calls `row` for every scalar leaf of `value` as (`a.b[2].c`, text); long arrays of
-/// numbers are summarized.
-fn flatten(path: &str, value: &serde_json::Value, row: &mut dyn FnMut(String, String)) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                flatten(&format!("{path}.{k}"), v, row);
-            }
-        }
-        Value::Array(items) if items.len() > 8 && items.iter().all(|v| v.is_number() || v.is_string()) => {
-            let head: Vec<String> = items.iter().take(8).map(scalar).collect();
-            row(path.to_string(), format!("[{}, … {} items]", head.join(", "), items.len()));
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(&format!("{path}[{i}]"), v, row);
-            }
-        }
-        other => row(path.to_string(), scalar(other)),
-    }
-}
-
-fn scalar(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) if s.len() > 120 => {
-            format!("{}… ({} bytes)", &s[..s.floor_char_boundary(100)], s.len())
-        }
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
