@@ -34,10 +34,19 @@ async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_resul
     let interaction = dashboard.interaction.as_ref().expect("click → dashboard is measured");
     assert!(interaction.browser_ms > 0.0 && interaction.wall_ms > 0.0, "{interaction:?}");
 
-    let trace =
-        jaeger.trace(&job.trace_id, &["dispatch", "execute", "step 1 open login page", "step 4 click Login"]).await;
+    let repeats = report.repeats.len();
+    let repeat_1 = format!("repeat 1 of {repeats}");
+    let trace = jaeger
+        .trace(&job.trace_id, &["dispatch", "execute", &repeat_1, "step 1 open login page", "step 4 click Login"])
+        .await;
     let text = trace.to_string();
     assert!(!text.contains("s3cret-pass"), "the secret leaked into the trace");
+    // Issue 13: each repeat is a span of its own, and its steps hang under it.
+    let spans = trace["spans"].as_array().expect("spans");
+    let id_of = |name: &str| spans.iter().find(|s| s["operationName"] == name).map(|s| s["spanID"].clone());
+    let step = spans.iter().find(|s| s["operationName"] == "step 1 open login page").expect("the first step");
+    let parent = step["references"].as_array().and_then(|r| r.first()).map(|r| r["spanID"].clone());
+    assert_eq!(parent, id_of(&repeat_1), "step 1 hangs under its repeat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

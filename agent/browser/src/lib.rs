@@ -150,7 +150,7 @@ impl BrowserEngine {
     /// `ctx.cancel` is `Err(BrowserError::Cancelled)`. Browser sessions are always closed.
     pub async fn run(&self, spec: &BrowserSpec, ctx: &JobContext) -> Result<BrowserReport, BrowserError> {
         let browser = browser_name(spec).to_string();
-        let span = tracing::info_span!("browser.scenario", browser = %browser, job.id = %ctx.job_id, repeat = spec.repeat.max(1));
+        let span = tracing::info_span!("browser.scenario", browser = %browser, job.id = %ctx.job_id, repeats = spec.repeat.max(1));
         async {
             let endpoint = self
                 .endpoints

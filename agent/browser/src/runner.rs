@@ -103,6 +103,14 @@ impl<'a> Scenario<'a> {
         let warm = self.spec.mode == "warm";
         let total_steps = f64::from(repeats) * self.spec.steps.len() as f64;
         for repeat in 1..=repeats {
+            // One span per repeat, warm or cold: the session start, the steps and the
+            // session close of that repeat hang under it.
+            let repeat_span = tracing::info_span!(
+                "browser.repeat",
+                otel.name = %format!("repeat {repeat} of {repeats}"),
+                repeat,
+                mode = if warm { "warm" } else { "cold" },
+            );
             let started_at = SystemTime::now();
             let mut session_start_ms = 0.0;
             let session = match slot {
@@ -110,7 +118,7 @@ impl<'a> Scenario<'a> {
                 None => {
                     let t = Instant::now();
                     let s = Session::start(driver_url, &self.options)
-                        .instrument(tracing::info_span!("browser.session.start", browser = %self.options.browser))
+                        .instrument(tracing::info_span!(parent: &repeat_span, "browser.session.start", browser = %self.options.browser))
                         .await?;
                     session_start_ms = ms(t.elapsed());
                     report.browser_version = s.version.clone();
@@ -130,6 +138,7 @@ impl<'a> Scenario<'a> {
                 let name = self.step_name(step);
                 let kind = step_kind_name(step);
                 let span = tracing::info_span!(
+                    parent: &repeat_span,
                     "browser.step",
                     otel.name = %format!("step {number} {name}"),
                     step.number = number,
@@ -167,7 +176,7 @@ impl<'a> Scenario<'a> {
             rep.scenario_wall_ms = ms(scenario_start.elapsed());
             report.repeats.push(rep);
             if !warm && let Some(s) = slot.take() {
-                s.close().instrument(tracing::info_span!("browser.session.close")).await;
+                s.close().instrument(tracing::info_span!(parent: &repeat_span, "browser.session.close")).await;
             }
         }
         Ok(())
