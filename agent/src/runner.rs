@@ -188,16 +188,13 @@ impl Runner {
         tokio::spawn(async move {
             let _ = this.events.send(msg(agent_message::Kind::Started(JobStarted { job_id: job_id.clone(), attempt })));
             let (result, outcome) = this.execute(assignment, cancel, stop).await;
-            {
-                let mut book = this.book();
-                book.running.remove(&(job_id.clone(), attempt));
-            }
             this.report(JobFinished { job_id, attempt, result, outcome });
             baton_proto::telemetry::flush_spans();
         });
     }
 
-    /// Keeps a finished attempt's report (held to the size limit) until acknowledged, and sends it.
+    /// Moves a finished attempt from running to the outbox, where its report (held to the
+    /// size limits) waits until acknowledged, and sends it.
     fn report(&self, mut finished: JobFinished) {
         enforce_report_limits(&mut finished);
         let outcome = match &finished.outcome {
@@ -208,7 +205,13 @@ impl Runner {
             Some(job_finished::Outcome::HandedBack(_)) => "handed_back",
         };
         tracing::info!(job_id = %finished.job_id, attempt = finished.attempt, outcome, "attempt finished");
-        self.book().outbox.insert((finished.job_id.clone(), finished.attempt), finished.clone());
+        {
+            // One step, so a hello built meanwhile lists the attempt as running or finished, never neither.
+            let mut book = self.book();
+            let key = (finished.job_id.clone(), finished.attempt);
+            book.running.remove(&key);
+            book.outbox.insert(key, finished.clone());
+        }
         self.changed.notify_waiters();
         let _ = self.events.send(msg(agent_message::Kind::Finished(finished)));
     }
