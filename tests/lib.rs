@@ -154,6 +154,15 @@ impl Drop for Proc {
     }
 }
 
+/// A channel to a coordinator at `url`.
+async fn connect(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("a valid URL")
+        .connect()
+        .await
+        .expect("connecting to the coordinator")
+}
+
 /// Polls `check` every 20 ms until it returns Some, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -300,21 +309,12 @@ impl Cluster {
     }
 
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("a valid URL")
-            .connect()
-            .await
-            .expect("connecting to the coordinator")
+        connect(&self.url).await
     }
 
     /// A client of coordinator `i` itself (not through the front proxy).
     pub async fn jobs_at(&self, i: usize) -> JobServiceClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(self.coordinator_url(i))
-            .expect("a valid URL")
-            .connect()
-            .await
-            .expect("connecting to the coordinator");
-        JobServiceClient::new(channel)
+        JobServiceClient::new(connect(&self.coordinator_url(i)).await)
     }
 
     pub async fn jobs(&self) -> JobServiceClient<Channel> {

@@ -180,6 +180,18 @@ impl Coordinator {
         (result, ticket)
     }
 
+    /// Runs a change of the state that may be refused; returns its ticket when accepted.
+    fn try_mutate(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<Vec<Action>, StateError>,
+    ) -> Result<Ticket, StateError> {
+        let (result, ticket) = self.mutate(|inner| match change(&mut inner.state) {
+            Ok(actions) => (Ok(()), actions),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        result.map(|()| ticket)
+    }
+
     /// Waits until the ticket's change is in the store.
     pub async fn durable(&self, ticket: Ticket) {
         if let Some(generation) = ticket.0 {
@@ -379,9 +391,9 @@ impl Coordinator {
             span.end();
         }
         let records = self
-            .read_durable(|inner| match inner.dirty_generation(ids.iter().map(String::as_str)) {
-                Some(generation) => Err(generation),
-                None => Ok(ids.iter().filter_map(|id| inner.state.job(id).cloned()).collect::<Vec<_>>()),
+            .read_durable(|inner| {
+                let records: Vec<JobRecord> = ids.iter().filter_map(|id| inner.state.job(id).cloned()).collect();
+                inner.dirty_generation(ids.iter().map(String::as_str)).map_or(Ok(records), Err)
             })
             .await;
         let inner = self.lock();
@@ -390,10 +402,7 @@ impl Coordinator {
 
     pub async fn get(&self, id: &str) -> Result<Job, Error> {
         let record = self
-            .read_durable(|inner| match inner.dirty_generation([id]) {
-                Some(generation) => Err(generation),
-                None => Ok(inner.state.job(id).cloned()),
-            })
+            .read_durable(|inner| inner.dirty_generation([id]).map_or_else(|| Ok(inner.state.job(id).cloned()), Err))
             .await
             .ok_or_else(|| StateError::JobNotFound(id.to_string()))?;
         let result = self.result(&record).await?;
@@ -431,17 +440,19 @@ impl Coordinator {
                         records.push(job.clone());
                     }
                 }
-                match inner.dirty_generation(records.iter().map(|r| r.id.as_str())) {
-                    Some(generation) => Err(generation),
-                    None => Ok((records, resume)),
-                }
+                let dirty = inner.dirty_generation(records.iter().map(|r| r.id.as_str()));
+                dirty.map_or(Ok((records, resume)), Err)
             })
             .await;
+        let mut results = Vec::with_capacity(records.len());
+        for record in &records {
+            results.push(if full { self.result(record).await? } else { None });
+        }
+        let inner = self.lock();
         let mut jobs = Vec::with_capacity(records.len());
         let mut bytes = 0;
-        for record in &records {
-            let result = if full { self.result(record).await? } else { None };
-            let job = view(&self.lock().state, record, result);
+        for (record, result) in records.iter().zip(results) {
+            let job = view(&inner.state, record, result);
             bytes += job.encoded_len();
             if bytes > MAX_PAGE_BYTES && !jobs.is_empty() {
                 // Cut by size: go on below the last job sent.
@@ -475,11 +486,7 @@ impl Coordinator {
     }
 
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, Error> {
-        let (result, ticket) = self.mutate(|inner| match inner.state.cancel(id, reason) {
-            Ok(actions) => (Ok(()), actions),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        result?;
+        let ticket = self.try_mutate(|state| state.cancel(id, reason))?;
         self.durable(ticket).await;
         self.get(id).await
     }
@@ -558,13 +565,7 @@ impl Coordinator {
 
     /// Drains an agent (`drain`) or ends its drain; returns once that is durable.
     pub async fn drain(&self, agent_id: &str, drain: bool) -> Result<AgentEntry, StateError> {
-        let (result, ticket) = self.mutate(|inner| {
-            match if drain { inner.state.drain(agent_id) } else { inner.state.undrain(agent_id) } {
-                Ok(actions) => (Ok(()), actions),
-                Err(e) => (Err(e), Vec::new()),
-            }
-        });
-        result?;
+        let ticket = self.try_mutate(|state| if drain { state.drain(agent_id) } else { state.undrain(agent_id) })?;
         self.durable(ticket).await;
         let inner = self.lock();
         inner.state.agent(agent_id).cloned().ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))

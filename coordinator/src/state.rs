@@ -732,9 +732,7 @@ impl State {
         actions.push(Action::Drain { agent_id: agent_id.to_string() });
         Ok(actions)
     }
-}
 
-impl State {
     /// Ends a drain: the agent gets jobs again (stored, like the drain).
     pub fn undrain(&mut self, agent_id: &str) -> Result<Vec<Action>, StateError> {
         let agent = self.agents.get_mut(agent_id).ok_or_else(|| StateError::AgentNotFound(agent_id.to_string()))?;

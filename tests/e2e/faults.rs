@@ -18,7 +18,7 @@ const LEASE_2S: [&str; 4] = ["--lease-timeout", "2s", "--heartbeat-interval", "5
 /// How long the jobs may take to finish once the faults have stopped.
 pub(crate) const SETTLE: Duration = Duration::from_secs(30);
 
-fn secs(s: u64) -> Duration {
+pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 

@@ -3,16 +3,12 @@
 //! follower. Each run is checked with the history checker of the exactly-once suite.
 
 use crate::backbone::{finished, request, sleep_spec};
-use crate::faults::{Flow, Rng, SETTLE, Workload, seed};
+use crate::faults::{Flow, Rng, SETTLE, Workload, secs, seed};
 use crate::history::Recorder;
 use baton_proto::v1::JobState;
 use baton_tests::{Cluster, Etcd, FaultProxy};
 use std::time::{Duration, Instant};
 use tokio::time::sleep;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// The coordinator flags of every coordinator here: an etcd store and short agent leases.
 fn flags(etcd_endpoint: &str) -> Vec<String> {
@@ -49,8 +45,7 @@ async fn the_leader_killed_ten_times_loses_and_repeats_no_job() {
         recorder.fault(format!("kill -9 the leader, coordinator-{leader}"));
         let killed = Instant::now();
         cluster.kill9_coordinator_at(leader);
-        let acked = recorder.submit(vec![request(sleep_spec(0))]);
-        let acked = retry_until_acked(&recorder, acked, secs(15)).await;
+        let acked = retry_until_acked(&recorder, secs(15)).await;
         failovers.push(killed.elapsed().as_secs_f64());
         assert!(acked, "no job was acknowledged within 15 s of killing the leader");
         cluster.start_coordinator_at(leader).await;
@@ -67,23 +62,24 @@ async fn the_leader_killed_ten_times_loses_and_repeats_no_job() {
     recorder.check(&cluster, Some(seed), SETTLE).await;
 }
 
-/// Submits until one submit is acknowledged (the first try is `first`), or `within` passes.
-async fn retry_until_acked(
-    recorder: &Recorder,
-    first: impl std::future::Future<Output = Result<Vec<String>, tonic::Status>>,
-    within: Duration,
-) -> bool {
+/// Submits a job every 50 ms until one is acknowledged (true) or `within` passes.
+async fn retry_until_acked(recorder: &Recorder, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    if first.await.is_ok() {
-        return true;
-    }
-    while Instant::now() < deadline {
-        sleep(Duration::from_millis(50)).await;
+    loop {
         if recorder.submit(vec![request(sleep_spec(0))]).await.is_ok() {
             return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(50)).await;
     }
-    false
+}
+
+/// Waits until coordinator `i` logs that it lost its leadership.
+async fn wait_stepped_down(cluster: &Cluster, i: usize, what: &str) {
+    let log = || cluster.coordinators[i].as_ref().map(|p| p.log()).unwrap_or_default();
+    baton_tests::eventually(secs(10), what, || async { log().contains("lost the leadership").then_some(()) }).await;
 }
 
 /// Issue 9: a leader paused (SIGSTOP) past its etcd lease is replaced; resumed, it finds
@@ -107,11 +103,7 @@ async fn a_leader_paused_past_its_lease_never_writes_again() {
     assert_ne!(successor, paused, "another coordinator leads while the old leader is paused");
     recorder.fault(format!("SIGCONT coordinator-{paused}"));
     proc.signal("CONT");
-    let log = || cluster.coordinators[paused].as_ref().map(|p| p.log()).unwrap_or_default();
-    baton_tests::eventually(secs(10), "the resumed leader to step down", || async {
-        log().contains("lost the leadership").then_some(())
-    })
-    .await;
+    wait_stepped_down(&cluster, paused, "the resumed leader to step down").await;
     workload.finish().await;
     assert_eq!(cluster.wait_leader(&etcd, secs(10)).await, successor, "the resumed coordinator follows");
     recorder.check(&cluster, None, SETTLE).await;
@@ -157,11 +149,7 @@ async fn a_leader_cut_off_from_etcd_is_replaced() {
 
     recorder.fault(format!("cut the leader, coordinator-{leader}, off from etcd"));
     proxies[leader].cut();
-    let log = || cluster.coordinators[leader].as_ref().map(|p| p.log()).unwrap_or_default();
-    baton_tests::eventually(secs(10), "the cut-off leader to step down", || async {
-        log().contains("lost the leadership").then_some(())
-    })
-    .await;
+    wait_stepped_down(&cluster, leader, "the cut-off leader to step down").await;
     let successor = cluster.wait_leader(&etcd, secs(10)).await;
     assert_ne!(successor, leader);
     let mut direct = cluster.jobs_at(successor).await;
