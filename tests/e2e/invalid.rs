@@ -1,6 +1,8 @@
 //! Every invalid input a user can hit gets a clear message naming the field and the rule.
 
 use crate::backbone::{request, sleep_spec};
+use baton_proto::v1::agent_service_client::AgentServiceClient;
+use baton_proto::v1::{AgentMessage, Hello, agent_message};
 use baton_proto::v1::{
     CancelJobRequest, DrainAgentRequest, GetJobRequest, JobSpec, ListJobsRequest, SubmitJobRequest, SubmitJobsRequest,
     WatchJobRequest,
@@ -103,6 +105,22 @@ async fn the_api_names_the_field_and_the_rule() {
     let status = c.submit_job(request(huge)).await.expect_err("a 5 MiB spec is refused");
     assert_eq!(status.code(), bad, "{status:?}");
     assert!(status.message().starts_with("spec: is 5.0 MiB encoded"), "{}", status.message());
+    // An agent stream that claims too many slots, or says no hello first, is refused.
+    let mut agents = AgentServiceClient::new(cluster.channel().await);
+    let hello = |slots| AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello { agent_id: "greedy".into(), slots, ..Default::default() })),
+    };
+    assert_status(
+        agents.connect_agent(futures::stream::iter([hello(4_294_967_295)])).await,
+        bad,
+        "hello.slots: must be between 1 and 1024",
+    );
+    let heartbeat = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Default::default())) };
+    assert_status(
+        agents.connect_agent(futures::stream::iter([heartbeat])).await,
+        bad,
+        "the first message on ConnectAgent must be hello",
+    );
     let mut admin = cluster.admin().await;
     assert_status(
         admin.drain_agent(DrainAgentRequest { agent_id: "ghost".into() }).await,
