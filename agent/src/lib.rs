@@ -5,6 +5,7 @@
 //! attempts concurrently up to the agent's slots, each with its cancellation token and
 //! deadline, and keeps finished reports until the coordinator acknowledges them;
 //! [`connection`] holds the ConnectAgent stream open, reconnecting with backoff;
+//! [`metrics`] is what the agent tells Prometheus (its jobs, the engines' figures);
 //! `browser` and `gpt2` (cargo features, on by default) adapt the engine crates in
 //! agent/browser and agent/gpt2 to the executor trait.
 //!
@@ -17,5 +18,6 @@ pub mod connection;
 pub mod executor;
 #[cfg(feature = "gpt2")]
 pub mod gpt2;
+pub mod metrics;
 pub mod probe;
 pub mod runner;

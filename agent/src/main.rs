@@ -1,5 +1,6 @@
 //! `baton-agent --coordinator URL[,URL...] [--slots N] [--label k=v]...`
 
+use anyhow::Context as _;
 use baton_agent::connection::{self, Identity, Stopping};
 use baton_agent::executor::{Builtin, Executor};
 use baton_agent::probe;
@@ -32,6 +33,10 @@ struct Args {
     /// flushed (up to 5 s more) and the agent exits.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     grace_period: std::time::Duration,
+    /// Serve Prometheus metrics (OpenMetrics text at /metrics, liveness at /healthz) on
+    /// this address; without a value, 127.0.0.1:9464. Off unless given.
+    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics_listen: Option<String>,
     #[cfg(feature = "browser")]
     #[command(flatten)]
     browser: BrowserArgs,
@@ -105,6 +110,14 @@ async fn run() -> anyhow::Result<()> {
         executors.push(Arc::new(baton_agent::gpt2::Gpt2Executor { capabilities: gpt2 }));
     }
     let (runner, events) = Runner::new(executors);
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = &args.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        let registry = baton_agent::metrics::registry(&runner.metrics, Arc::downgrade(&runner), args.slots);
+        let scrape = Arc::new(baton_proto::metrics::Scrape { registry });
+        tokio::spawn(baton_proto::metrics::serve(listener, scrape, metrics_stop.clone()));
+    }
     let agent_id =
         args.name.unwrap_or_else(|| format!("{}-{}", baton_proto::telemetry::hostname(), std::process::id()));
     let identity = Identity {
@@ -124,6 +137,7 @@ async fn run() -> anyhow::Result<()> {
     baton_proto::telemetry::terminated().await;
     stop(&runner, &stopping, &agent_id).await;
     let _ = connection.await;
+    metrics_stop.cancel();
     #[cfg(feature = "browser")]
     if let Some(engine) = browser.and_then(|e| Arc::try_unwrap(e).ok()) {
         engine.shutdown().await;

@@ -5,6 +5,7 @@
 //! within the grace period and hands back the rest.
 
 use crate::executor::{ExecError, Executor};
+use crate::metrics::{AgentMetrics, outcome_name};
 use baton_proto::context::JobContext;
 use baton_proto::job::{kind_name, now, to_duration};
 use baton_proto::limits::{enforce_progress_limit, enforce_report_limits};
@@ -59,6 +60,8 @@ pub struct Runner {
     accepting: AtomicBool,
     /// Wakes whoever waits for the book to change (an attempt ended, a report was acked).
     changed: Notify,
+    /// Where finished attempts are observed (the metrics endpoint).
+    pub metrics: AgentMetrics,
 }
 
 fn msg(kind: agent_message::Kind) -> AgentMessage {
@@ -81,6 +84,7 @@ impl Runner {
             events,
             accepting: AtomicBool::new(true),
             changed: Notify::new(),
+            metrics: AgentMetrics::default(),
         };
         (Arc::new(runner), rx)
     }
@@ -185,10 +189,15 @@ impl Runner {
             book.running.insert((job_id.clone(), attempt), running);
         }
         let this = self.clone();
+        let kind = assignment.spec.as_ref().and_then(|s| s.kind.as_ref()).map(kind_name).unwrap_or("");
+        let traceparent = assignment.trace_context.get("traceparent").cloned().unwrap_or_default();
         tokio::spawn(async move {
             let _ = this.events.send(msg(agent_message::Kind::Started(JobStarted { job_id: job_id.clone(), attempt })));
+            let began = std::time::Instant::now();
             let (result, outcome) = this.execute(assignment, cancel, stop).await;
-            this.report(JobFinished { job_id, attempt, result, outcome });
+            let report = JobFinished { job_id, attempt, result, outcome };
+            this.metrics.finished(kind, &report, began.elapsed(), &traceparent);
+            this.report(report);
             baton_proto::telemetry::flush_spans();
         });
     }
@@ -197,13 +206,7 @@ impl Runner {
     /// size limits) waits until acknowledged, and sends it.
     fn report(&self, mut finished: JobFinished) {
         enforce_report_limits(&mut finished);
-        let outcome = match &finished.outcome {
-            None => "succeeded",
-            Some(job_finished::Outcome::Failure(_)) => "failed",
-            Some(job_finished::Outcome::Cancelled(_)) => "cancelled",
-            Some(job_finished::Outcome::TimedOut(_)) => "timed_out",
-            Some(job_finished::Outcome::HandedBack(_)) => "handed_back",
-        };
+        let outcome = outcome_name(&finished.outcome);
         tracing::info!(job_id = %finished.job_id, attempt = finished.attempt, outcome, "attempt finished");
         {
             // One step, so a hello built meanwhile lists the attempt as running or finished, never neither.

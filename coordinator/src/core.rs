@@ -10,8 +10,9 @@
 //! watch update) about a change before that change is durable. Progress is the one
 //! exception: it is not stored and is forwarded to watchers as it comes.
 
+use crate::metrics::Timings;
 use crate::record::{JobRecord, view as record_view};
-use crate::state::{Action, AgentEntry, Retention, State, StateError};
+use crate::state::{Action, AgentEntry, Figures, Retention, State, StateError};
 use crate::store::{Commit, Store, StoreError};
 use baton_proto::job::to_system_time;
 use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_report_limits};
@@ -43,6 +44,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How long finished jobs are kept.
     pub retention: Retention,
+    /// Where queue waits, dispatch times and commits are observed (the metrics endpoint).
+    pub timings: Arc<Timings>,
 }
 
 struct AgentLink {
@@ -222,16 +225,18 @@ impl Coordinator {
                     drained_agents: batch.drained_agents,
                     undrained_agents: batch.undrained_agents,
                 });
+                let began = Instant::now();
                 if !self.commit_until_durable(&change, generation).await {
                     // Deposed: this batch and everything after it stay unacknowledged.
                     return;
                 }
+                self.config.timings.commit(batch.writes, began.elapsed());
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.job_writes.fetch_add(change.jobs.len() as u64, Ordering::Relaxed);
                 self.lock().dirty.retain(|_, g| *g > generation);
                 self.committed.send_replace(generation);
                 for effect in batch.effects {
-                    run_effect(effect);
+                    run_effect(effect, &self.config.timings);
                 }
                 self.notify_watchers(change.jobs.iter().chain(&batch.last_versions), &change.results);
             }
@@ -332,7 +337,7 @@ impl Coordinator {
     /// bounded number per tick, so the lock is never held long); call once, it loops.
     pub async fn run_expiry(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let Config { lease, retention, .. } = self.config;
+        let (lease, retention) = (self.config.lease, self.config.retention);
         loop {
             tick.tick().await;
             let _ = self.mutate(|inner| {
@@ -517,7 +522,15 @@ impl Coordinator {
             let state = &mut inner.state;
             state.touch(agent_id, Instant::now());
             let actions = match msg.kind {
-                Some(AgentKind::Started(s)) => state.started(agent_id, &s.job_id, s.attempt),
+                Some(AgentKind::Started(s)) => {
+                    let actions = state.started(agent_id, &s.job_id, s.attempt);
+                    if let (false, Some(job)) = (actions.is_empty(), state.job(&s.job_id)) {
+                        let assigned = job.assigned_at.as_ref().map(to_system_time).unwrap_or_else(SystemTime::now);
+                        let after = SystemTime::now().duration_since(assigned).unwrap_or_default();
+                        self.config.timings.dispatch(job.placement().kind, after, &job.traceparent);
+                    }
+                    actions
+                }
                 Some(AgentKind::Progress(p)) => {
                     let mut progress = p.progress.unwrap_or_default();
                     enforce_progress_limit(&mut progress);
@@ -554,6 +567,11 @@ impl Coordinator {
             inner.links.remove(agent_id);
             inner.state.disconnected(agent_id);
         }
+    }
+
+    /// The queues and the fleet now, for the metrics endpoint.
+    pub fn figures(&self) -> Figures {
+        self.lock().state.figures()
     }
 
     pub fn agents(&self) -> Vec<AgentEntry> {
@@ -679,13 +697,18 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) -> bool {
     inner.pending.writes != writes || inner.pending.effects.len() != effects
 }
 
-fn run_effect(effect: Effect) {
+fn run_effect(effect: Effect, timings: &Timings) {
     match effect {
         Effect::Send(tx, kind) => {
             // A closed link means the agent is gone; its lease settles the rest.
             let _ = tx.send(message(*kind));
         }
         Effect::Dispatch { tx, job, decided_at } => {
+            if job.attempt == 1 {
+                let submitted = job.submitted_at.as_ref().map(to_system_time).unwrap_or(decided_at);
+                let wait = decided_at.duration_since(submitted).unwrap_or_default();
+                timings.queue_wait(job.placement().kind, wait, &job.traceparent);
+            }
             let trace_context = trace_dispatch(&job, decided_at);
             let spec = Some(job.spec());
             let assignment = Assignment { job_id: job.id, attempt: job.attempt, spec, trace_context };

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use baton_coordinator::core::Config;
-use baton_coordinator::server::{Ended, Mode, serve};
+use baton_coordinator::server::{Ended, Listeners, Mode, serve};
 use baton_coordinator::state::Retention;
 use baton_coordinator::store::{EtcdStore, RedbStore};
 use clap::Parser;
@@ -18,6 +18,10 @@ struct Args {
     /// gRPC address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070", env = "BATON_LISTEN")]
     listen: String,
+    /// Serve Prometheus metrics (OpenMetrics text at /metrics) on this address; without a
+    /// value, 127.0.0.1:9464. Off unless given.
+    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics_listen: Option<String>,
     /// Where jobs are kept: `embedded` (a redb file in --data-dir) or `etcd`.
     #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "BATON_STORE")]
     store: StoreKind,
@@ -77,8 +81,13 @@ async fn main() -> anyhow::Result<()> {
             leader_lease: args.leader_lease,
         },
     };
-    let listener =
-        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let grpc = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let metrics = match &args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -86,8 +95,13 @@ async fn main() -> anyhow::Result<()> {
         stop.cancel();
     });
     let retention = Retention { max_age: args.keep_finished_for, max_jobs: args.keep_finished_jobs };
-    let config = Config { lease: args.lease_timeout, heartbeat_interval: args.heartbeat_interval, retention };
-    if serve(listener, mode, config, shutdown).await? == Ended::LostLeadership {
+    let config = Config {
+        lease: args.lease_timeout,
+        heartbeat_interval: args.heartbeat_interval,
+        retention,
+        timings: Default::default(),
+    };
+    if serve(Listeners { grpc, metrics }, mode, config, shutdown).await? == Ended::LostLeadership {
         restart_as_follower();
     }
     Ok(())

@@ -37,12 +37,20 @@ pub enum Ended {
     LostLeadership,
 }
 
+/// Where the coordinator listens: gRPC, and optionally the Prometheus endpoint.
+pub struct Listeners {
+    pub grpc: tokio::net::TcpListener,
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     mode: Mode,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
+    let Listeners { grpc: listener, metrics } = listeners;
+    let timings = config.timings.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     // Fires on shutdown and when leadership is lost: either way the streams (agents,
     // watches) end, so the server can stop.
@@ -66,6 +74,10 @@ pub async fn serve(
             role
         }
     };
+    if let Some(metrics) = metrics {
+        let scrape = baton_proto::metrics::Scrape { registry: crate::metrics::registry(timings, role.clone()) };
+        tokio::spawn(baton_proto::metrics::serve(metrics, Arc::new(scrape), stop.clone()));
+    }
     let api = Api { role, shutdown: stop.clone() };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)

@@ -210,6 +210,30 @@ pub struct State {
     /// Agents drained by an operator (durable, remembered across restarts).
     drained: HashSet<String>,
     next_seq: u64,
+    tally: Tally,
+}
+
+/// Jobs submitted and settled since this coordinator started leading, by kind: what
+/// throughput is read from.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub submitted: HashMap<&'static str, u64>,
+    /// By kind and terminal state.
+    pub finished: HashMap<(&'static str, JobState), u64>,
+}
+
+/// The fleet and the queues as they are now, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// Queued, assigned and running jobs by (state, kind).
+    pub active_jobs: HashMap<(JobState, &'static str), u64>,
+    /// Queued jobs by (kind, pool kind, pool): what an agent pool's autoscaler reads.
+    pub queued: HashMap<(&'static str, &'static str, String), u64>,
+    /// Agents by (pool, status): ready, draining, leaving or disconnected.
+    pub agents: HashMap<(String, &'static str), u64>,
+    /// Slots by pool: (all slots of connected agents, free ones).
+    pub slots: HashMap<String, (u64, u64)>,
+    pub tally: Tally,
 }
 
 fn queue_key(job: &JobRecord) -> QueueKey {
@@ -301,6 +325,36 @@ impl State {
         self.agents.get(id)
     }
 
+    /// The queues and the fleet now; costs O(queue classes + agents + running attempts),
+    /// whatever the number of jobs.
+    pub fn figures(&self) -> Figures {
+        let mut figures = Figures { tally: self.tally.clone(), ..Default::default() };
+        for (class, queue) in &self.queues {
+            let n = queue.len() as u64;
+            *figures.active_jobs.entry((JobState::Queued, class.kind)).or_default() += n;
+            *figures.queued.entry((class.kind, class.pool_kind(), class.pool().to_string())).or_default() += n;
+        }
+        for agent in self.agents.values() {
+            for job in agent.running.iter().filter_map(|id| self.job(id)) {
+                *figures.active_jobs.entry((job.state(), job.placement().kind)).or_default() += 1;
+            }
+            let pool = agent.labels.get(baton_proto::spec::POOL_LABEL).cloned().unwrap_or_default();
+            let status = match agent {
+                a if !a.connected => "disconnected",
+                a if a.leaving => "leaving",
+                a if a.draining => "draining",
+                _ => "ready",
+            };
+            *figures.agents.entry((pool.clone(), status)).or_default() += 1;
+            if agent.connected {
+                let slots = figures.slots.entry(pool).or_default();
+                slots.0 += u64::from(agent.slots);
+                slots.1 += u64::from(agent.free_slots());
+            }
+        }
+        figures
+    }
+
     /// Jobs newest first, starting below `before_seq`.
     pub fn jobs_newest_first(&self, before_seq: Option<u64>) -> impl Iterator<Item = &JobRecord> {
         let upper = before_seq.unwrap_or(u64::MAX);
@@ -337,6 +391,8 @@ impl State {
     ) -> Vec<Action> {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let kind = spec.kind.as_ref().map(baton_proto::job::kind_name).unwrap_or("");
+        *self.tally.submitted.entry(kind).or_default() += 1;
         let job = JobRecord::queued(id.clone(), seq, &spec, key.clone(), traceparent, trace_id);
         if !key.is_empty() {
             self.by_key.insert(key, seq);
@@ -598,6 +654,7 @@ impl State {
             JobState::Queued => self.enqueue(&job),
             s if s.is_terminal() => {
                 self.finished.insert(finished_key(&job));
+                *self.tally.finished.entry((job.placement().kind, s)).or_default() += 1;
             }
             _ => {}
         }

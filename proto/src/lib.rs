@@ -6,11 +6,14 @@
 //! message size limits both sides enforce, [`stats`] the
 //! percentile definition of every report, and
 //! [`context`] is what an engine receives when it runs a job; [`telemetry`] (feature
-//! `telemetry`) sets up logs and OTLP trace export for the binaries.
+//! `telemetry`) sets up logs and OTLP trace export for the binaries, [`metrics`] (same
+//! feature) serves their Prometheus endpoint.
 
 pub mod context;
 pub mod job;
 pub mod limits;
+#[cfg(feature = "telemetry")]
+pub mod metrics;
 pub mod spec;
 pub mod stats;
 #[cfg(feature = "telemetry")]

@@ -146,6 +146,10 @@ fn needs(spec: &JobSpec) -> AgentNeeds {
     }
 }
 
+/// The agent label naming an agent's pool (the Helm chart sets it on every agent); a job
+/// asks for a pool with `requirements.agentLabels.pool`.
+pub const POOL_LABEL: &str = "pool";
+
 /// Everything that decides which agents may run a job, computed once per job: jobs with
 /// equal placements fit exactly the same agents (the scheduler queues them together).
 ///
@@ -170,6 +174,23 @@ impl Placement {
         agent_labels.sort();
         let kind = spec.kind.as_ref().map(crate::job::kind_name).unwrap_or("");
         Self { kind, needs: needs(spec), agent_labels, min_cpu_cores }
+    }
+
+    /// The kind of agent pool that runs these jobs (the Helm chart's pool kinds): `gpu`
+    /// when CUDA is needed, `browser` when a browser is, else `cpu`.
+    pub fn pool_kind(&self) -> &'static str {
+        if self.needs.cuda {
+            "gpu"
+        } else if !self.needs.browser.is_empty() {
+            "browser"
+        } else {
+            "cpu"
+        }
+    }
+
+    /// The agent pool these jobs ask for by the agent label `pool`; "" when any will do.
+    pub fn pool(&self) -> &str {
+        self.agent_labels.iter().find(|(k, _)| k == POOL_LABEL).map_or("", |(_, v)| v)
     }
 
     /// Why an agent with these labels and capabilities cannot run the job, or `None`.
