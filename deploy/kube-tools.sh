@@ -54,12 +54,23 @@ if [ ! -f "$CACHE/kwok-stages/.ready" ]; then
   dir=$(moddir "sigs.k8s.io/kwok@$KWOK")
   # Nodes turn Ready and keep a heartbeat; pods turn Running; Job pods and helm test hook
   # pods (which kwok's own pod-complete stage does not cover) finish.
-  cat "$dir/kustomize/stage/node/fast/"*.yaml "$dir/kustomize/stage/node/heartbeat-with-lease/"*.yaml \
+  stages() { # the Stage documents of these folders, one YAML stream
+    for f in "$@"; do
+      if grep -q '^kind: Stage' "$f"; then
+        printf -- '---\n'
+        cat "$f"
+      fi
+    done
+  }
+  stages "$dir/kustomize/stage/node/fast/"*.yaml "$dir/kustomize/stage/node/heartbeat-with-lease/"*.yaml \
     > "$CACHE/kwok-stages/nodes.yaml"
-  for f in "$dir/kustomize/stage/pod/fast/"*.yaml; do
-    printf -- '---\n'
-    cat "$f"
-  done > "$CACHE/kwok-stages/pods.yaml"
+  stages "$dir/kustomize/stage/pod/fast/"*.yaml > "$CACHE/kwok-stages/pods.yaml"
+  # kwok completes only Job-owned pods; `helm test` waits for its hook pod to succeed.
+  printf -- '---\n' >> "$CACHE/kwok-stages/pods.yaml"
+  sed -e 's/name: pod-complete/name: pod-complete-helm-test/' \
+      -e "s/key: '.metadata.ownerReferences.\[\].kind'/key: '.metadata.annotations[\"helm.sh\/hook\"]'/" \
+      -e "s/- 'Job'/- 'test'/" \
+      "$dir/kustomize/stage/pod/fast/pod-complete.yaml" >> "$CACHE/kwok-stages/pods.yaml"
   touch "$CACHE/kwok-stages/.ready"
 fi
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of baton on a fresh machine: installs what is missing (deploy/install.sh),
 # builds the binaries the end-to-end tests start, then runs all unit and end-to-end tests
-# (real gRPC, grpcurl, Jaeger, Chromium + chromedriver, Xvfb, libtorch).
+# (real gRPC, grpcurl, Jaeger, Prometheus, Chromium + chromedriver, Xvfb, libtorch, and the
+# Helm chart on a real Kubernetes control plane).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
+# The Kubernetes control plane, kwok and helm for the chart's test: built once (~10 min on
+# 2 cores), then cached in ~/.cache/baton.
+bash deploy/kube-tools.sh >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
