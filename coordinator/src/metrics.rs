@@ -12,14 +12,14 @@
 //! | `baton_jobs_finished_total` | counter | `kind`, `state` (succeeded, failed, cancelled) |
 //! | `baton_queue_depth` | gauge | `kind`, `pool_kind` (cpu, gpu, browser), `pool` |
 //! | `baton_agents` | gauge | `pool`, `status` (ready, draining, leaving, disconnected) |
-//! | `baton_agent_slots`, `baton_agent_free_slots` | gauge | `pool` |
-//! | `baton_queue_wait_seconds` | histogram | `kind` (submitted → first assigned) |
-//! | `baton_dispatch_seconds` | histogram | `kind` (assigned → started on the agent) |
+//! | `baton_agent_slots`, `baton_agent_free_slots`, `baton_agent_busy_slots` | gauge | `pool` |
+//! | `baton_queue_wait_seconds` | histogram | `kind` (submitted → first assigned; every kind from 0 at start) |
+//! | `baton_dispatch_seconds` | histogram | `kind` (assigned → started on the agent; likewise) |
 //! | `baton_store_commit_seconds` | histogram | — |
 //! | `baton_store_commit_writes` | histogram | — (writes per commit: group commit at work) |
 
 use crate::role::Role;
-use crate::state::Figures;
+use crate::state::{Figures, Slots};
 use baton_proto::metrics::{TimingFamily, TraceExemplar, seconds_family};
 use baton_proto::v1::JobState;
 use prometheus_client::collector::Collector;
@@ -53,12 +53,20 @@ impl std::fmt::Debug for Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        Self {
+        let timings = Self {
             queue_wait: seconds_family(),
             dispatch: seconds_family(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             commit_writes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+        };
+        // Every kind's series from 0 at start: Prometheus takes a series' first sample as
+        // its base, so a rate would otherwise miss each kind's first job.
+        for kind in baton_proto::job::KIND_NAMES {
+            let labels = KindLabel { kind: kind.to_string() };
+            let _ = timings.queue_wait.get_or_create(&labels);
+            let _ = timings.dispatch.get_or_create(&labels);
         }
+        timings
     }
 }
 
@@ -212,8 +220,14 @@ fn encode_figures(encoder: &mut DescriptorEncoder, f: Figures) -> Result<(), std
         .iter()
         .map(|((pool, status), n)| (vec![("pool", pool.as_str()), ("status", *status)], ConstGauge::new(*n as i64)));
     family(encoder, "baton_agents", "Agents known to the coordinator", MetricType::Gauge, agents)?;
-    let slots = f.slots.iter().map(|(pool, (all, _))| (vec![("pool", pool.as_str())], ConstGauge::new(*all as i64)));
-    family(encoder, "baton_agent_slots", "Job slots of connected agents", MetricType::Gauge, slots)?;
-    let free = f.slots.iter().map(|(pool, (_, free))| (vec![("pool", pool.as_str())], ConstGauge::new(*free as i64)));
-    family(encoder, "baton_agent_free_slots", "Free job slots of agents taking work", MetricType::Gauge, free)
+    let slots = [
+        ("baton_agent_slots", "Job slots of connected agents", (|s: &Slots| s.all) as fn(&Slots) -> u64),
+        ("baton_agent_free_slots", "Free job slots of agents taking work", |s| s.free),
+        ("baton_agent_busy_slots", "Job slots holding an attempt (what autoscaling keeps)", |s| s.busy),
+    ];
+    for (name, help, value) in slots {
+        let values = f.slots.iter().map(|(pool, s)| (vec![("pool", pool.as_str())], ConstGauge::new(value(s) as i64)));
+        family(encoder, name, help, MetricType::Gauge, values)?;
+    }
+    Ok(())
 }

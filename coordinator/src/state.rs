@@ -222,6 +222,15 @@ pub struct Tally {
     pub finished: HashMap<(&'static str, JobState), u64>,
 }
 
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Slots {
+    pub all: u64,
+    /// Free for new work (0 on a draining or leaving agent).
+    pub free: u64,
+    /// Holding an attempt.
+    pub busy: u64,
+}
+
 /// The fleet and the queues as they are now, for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct Figures {
@@ -231,8 +240,8 @@ pub struct Figures {
     pub queued: HashMap<(&'static str, &'static str, String), u64>,
     /// Agents by (pool, status): ready, draining, leaving or disconnected.
     pub agents: HashMap<(String, &'static str), u64>,
-    /// Slots by pool: (all slots of connected agents, free ones).
-    pub slots: HashMap<String, (u64, u64)>,
+    /// Slots of connected agents by pool.
+    pub slots: HashMap<String, Slots>,
     pub tally: Tally,
 }
 
@@ -348,8 +357,9 @@ impl State {
             *figures.agents.entry((pool.clone(), status)).or_default() += 1;
             if agent.connected {
                 let slots = figures.slots.entry(pool).or_default();
-                slots.0 += u64::from(agent.slots);
-                slots.1 += u64::from(agent.free_slots());
+                slots.all += u64::from(agent.slots);
+                slots.free += u64::from(agent.free_slots());
+                slots.busy += agent.running.len() as u64;
             }
         }
         figures
@@ -905,6 +915,36 @@ mod tests {
         assert_eq!(assigned(&s.schedule()), [("cpu".into(), "plain".into())]);
         let reason = s.unschedulable_reason(s.job("needs-gpu").unwrap()).unwrap();
         assert_eq!(reason, "no connected agent can run this job: label gpu=h200 is required");
+    }
+
+    #[test]
+    fn figures_count_queues_by_pool_slots_by_agent_pool_and_settled_jobs() {
+        let mut s = State::default();
+        let for_pool = |pool: &str| JobSpec {
+            requirements: Some(Requirements { agent_labels: [("pool".into(), pool.into())].into(), min_cpu_cores: 0 }),
+            ..spec(0)
+        };
+        for i in 0..3 {
+            submit(&mut s, &format!("any{i}"), spec(0));
+        }
+        submit(&mut s, "gpu-only", for_pool("h200"));
+        s.hello(&hello("a", 2, &[("pool", "cpu")]), Instant::now());
+        s.schedule();
+        succeed(&mut s, "a", "any0");
+        s.schedule();
+        s.drain("a").unwrap();
+        let f = s.figures();
+        assert_eq!(f.queued.get(&("sleep", "cpu", String::new())), None, "all three taken (one finished)");
+        assert_eq!(f.queued.get(&("sleep", "cpu", "h200".to_string())), Some(&1));
+        assert_eq!(f.active_jobs.get(&(JobState::Queued, "sleep")), Some(&1));
+        assert_eq!(f.active_jobs.get(&(JobState::Assigned, "sleep")), Some(&2));
+        assert_eq!(f.slots.get("cpu"), Some(&Slots { all: 2, free: 0, busy: 2 }), "a draining agent has no free slot");
+        assert_eq!(f.agents.get(&("cpu".to_string(), "draining")), Some(&1));
+        assert_eq!(f.tally.submitted.get("sleep"), Some(&4));
+        assert_eq!(f.tally.finished.get(&("sleep", JobState::Succeeded)), Some(&1));
+        s.cancel("gpu-only", "").unwrap();
+        assert_eq!(s.figures().tally.finished.get(&("sleep", JobState::Cancelled)), Some(&1));
+        assert!(s.figures().queued.is_empty());
     }
 
     #[test]
