@@ -734,6 +734,85 @@ impl Jaeger {
     }
 }
 
+/// A real Prometheus (Debian's `prometheus`, which deploy/install.sh installs) on a free
+/// loopback port, scraping its targets every second with exemplar storage on; its data in
+/// a temp dir.
+pub struct Prometheus {
+    pub url: String,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes each `(job name, host:port)` at `/metrics`.
+    pub async fn start(targets: &[(&str, &str)]) -> Self {
+        let binary = std::env::var_os("PATH")
+            .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join("prometheus")).find(|p| p.exists()))
+            .expect("prometheus is missing: run deploy/install.sh (Debian's prometheus package)");
+        let dir = TempDir::new("prometheus");
+        let mut config = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n".to_string();
+        for (job, target) in targets {
+            config += &format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n");
+        }
+        let config_file = dir.0.join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("writing prometheus.yml");
+        let port = free_port();
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(["--enable-feature=exemplar-storage", "--log.level=warn"]);
+        let proc = Proc::spawn("prometheus", cmd, &dir.0);
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/-/ready");
+        eventually(Duration::from_secs(30), "Prometheus to be ready", || {
+            let ready = ready.clone();
+            async move { ureq::get(ready).call().ok() }
+        })
+        .await;
+        Self { url, _proc: proc, _dir: dir }
+    }
+
+    /// The result vector of an instant PromQL query now, or what Prometheus said was wrong.
+    pub fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let v = self.api("query", &[("query", expr)])?;
+        v["data"]["result"].as_array().cloned().ok_or_else(|| format!("no result vector in {v}"))
+    }
+
+    /// The exemplars of the series `expr` selects in the last `last`, per series
+    /// (`seriesLabels`, `exemplars`: each with `labels`, `value`, `timestamp`).
+    pub fn query_exemplars(&self, expr: &str, last: Duration) -> Result<Vec<serde_json::Value>, String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let (start, end) = ((now - last).as_secs_f64().to_string(), now.as_secs_f64().to_string());
+        let v = self.api("query_exemplars", &[("query", expr), ("start", &start), ("end", &end)])?;
+        v["data"].as_array().cloned().ok_or_else(|| format!("no exemplar list in {v}"))
+    }
+
+    /// The values of `label` on the series `selector` matches (what Grafana's
+    /// `label_values(selector, label)` lists).
+    pub fn label_values(&self, selector: &str, label: &str) -> Result<Vec<serde_json::Value>, String> {
+        let v = self.api(&format!("label/{label}/values"), &[("match[]", selector)])?;
+        v["data"].as_array().cloned().ok_or_else(|| format!("no value list in {v}"))
+    }
+
+    /// GET `/api/v1/{endpoint}`; an answer whose status is not `success` is an error.
+    fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+        let mut response = ureq::get(format!("{}/api/v1/{endpoint}", self.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .query_pairs(params.iter().copied())
+            .call()
+            .map_err(|e| e.to_string())?;
+        let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v)
+    }
+}
+
 /// GET a JSON document over plain HTTP.
 pub fn http_get_json(url: &str) -> Result<serde_json::Value, String> {
     let body =

@@ -8,12 +8,12 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `baton_agent_slots`, `baton_agent_running_jobs` | gauge | — |
-//! | `baton_agent_jobs_finished_total` | counter | `kind`, `outcome` |
+//! | `baton_agent_own_slots`, `baton_agent_running_jobs` | gauge | — |
+//! | `baton_agent_jobs_finished_total` | counter | `kind`, `outcome` (every pair from 0 at start) |
 //! | `baton_agent_job_seconds` | histogram | `kind`, `outcome` |
 //! | `baton_gpt2_phase_seconds` | histogram | `phase` (step, data, forward, backward, optimizer, ttft, token), `mode` (train, infer), `model`, `device`, `dtype`, `seq_len`, `batch` |
 //! | `baton_gpt2_tokens_per_second` | histogram | `mode`, `model`, `device`, `dtype`, `seq_len`, `batch` |
-//! | `baton_gpt2_mfu_ratio` | histogram | `model`, `device`, `dtype`, `seq_len`, `batch` |
+//! | `baton_gpt2_mfu_ratio` | histogram | `mode` (train), `model`, `device`, `dtype`, `seq_len`, `batch` |
 //! | `baton_browser_page_seconds` | histogram | `figure` (ttfb, domContentLoaded, load, firstContentfulPaint, largestContentfulPaint), `browser`, `mode` |
 //! | `baton_browser_interaction_seconds` | histogram | `clock` (browser, agent), `browser`, `mode` |
 //! | `baton_browser_session_start_seconds` | histogram | `browser`, `mode` |
@@ -95,18 +95,32 @@ pub struct AgentMetrics {
 
 impl Default for AgentMetrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             jobs: Family::default(),
             job_seconds: seconds_family(),
             gpt2_phase: seconds_family(),
             gpt2_tokens_per_second: Family::new_with_constructor(|| {
                 HistogramWithExemplars::new(exponential_buckets(1.0, 2.0, 24))
             }),
-            gpt2_mfu: Family::new_with_constructor(|| HistogramWithExemplars::new(linear_buckets(0.05, 0.05, 19))),
+            gpt2_mfu: Family::new_with_constructor(|| {
+                // Finer below 5 %, where small models and CPUs sit; then every 5 %.
+                HistogramWithExemplars::new(
+                    [0.005, 0.01, 0.02, 0.03, 0.04].into_iter().chain(linear_buckets(0.05, 0.05, 19)),
+                )
+            }),
             page: seconds_family(),
             interaction: seconds_family(),
             session_start: seconds_family(),
+        };
+        // Every counter starts at 0: Prometheus takes a series' first sample as its base,
+        // so without it a rate would miss each kind's first finished attempt, and a
+        // failures panel would say "no data" rather than 0.
+        for kind in baton_proto::job::KIND_NAMES {
+            for outcome in OUTCOMES {
+                let _ = metrics.jobs.get_or_create(&JobLabels { kind: kind.to_string(), outcome: outcome.to_string() });
+            }
         }
+        metrics
     }
 }
 
@@ -233,6 +247,9 @@ impl AgentMetrics {
     }
 }
 
+/// Every name [`outcome_name`] gives.
+const OUTCOMES: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "handed_back"];
+
 /// The outcome's name, as logs and metrics say it.
 pub fn outcome_name(outcome: &Option<job_finished::Outcome>) -> &'static str {
     match outcome {
@@ -290,8 +307,10 @@ impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let running = self.runner.upgrade().map_or(0, |r| r.running().len());
         ConstGauge::new(i64::from(self.slots)).encode(encoder.encode_descriptor(
-            "baton_agent_slots",
-            "Jobs this agent runs at once",
+            // Not baton_agent_slots: that is the coordinator's sum by pool, and a query
+            // without a job label would add this agent's own figure to it.
+            "baton_agent_own_slots",
+            "Jobs this agent runs at once (--slots)",
             None,
             MetricType::Gauge,
         )?)?;
@@ -302,5 +321,29 @@ impl Collector for Live {
             MetricType::Gauge,
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_counts_from_zero() {
+        use job_finished::Outcome;
+        let outcomes = [
+            None,
+            Some(Outcome::Failure(String::new())),
+            Some(Outcome::Cancelled(String::new())),
+            Some(Outcome::TimedOut(String::new())),
+            Some(Outcome::HandedBack(String::new())),
+        ];
+        let names: Vec<&str> = outcomes.iter().map(outcome_name).collect();
+        assert_eq!(names, OUTCOMES);
+        let mut text = String::new();
+        let metrics = AgentMetrics::default();
+        let registry = registry(&metrics, Weak::new(), 1);
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"baton_agent_jobs_finished_total{kind="browser",outcome="timed_out"} 0"#), "{text}");
     }
 }

@@ -6,10 +6,18 @@ use baton_proto::v1::{JobState, SubmitJobRequest, job_result, job_spec};
 use baton_tests::{Cluster, Jaeger, Site, example};
 use std::time::Duration;
 
+/// A cloud metadata address: an agent refuses it before it starts a browser.
+pub(crate) const DENIED_BASE: &str = "http://169.254.169.254";
+
 /// The example spec pointed at this test's reference site.
-fn at_site(mut req: SubmitJobRequest, site: &Site) -> SubmitJobRequest {
+pub(crate) fn at_site(req: SubmitJobRequest, site: &Site) -> SubmitJobRequest {
+    at_base(req, &site.base)
+}
+
+/// The example spec with its `base` variable (where its URLs start) set to `base`.
+pub(crate) fn at_base(mut req: SubmitJobRequest, base: &str) -> SubmitJobRequest {
     if let Some(job_spec::Kind::Browser(b)) = req.spec.as_mut().and_then(|s| s.kind.as_mut()) {
-        b.variables.insert("base".into(), site.base.clone());
+        b.variables.insert("base".into(), base.to_string());
     }
     req
 }
@@ -78,10 +86,7 @@ async fn a_missing_element_fails_the_job_naming_the_step_with_a_screenshot_and_d
     assert!(failure.screenshot_png.starts_with(b"\x89PNG"), "a PNG screenshot is attached");
     assert!(failure.page_url.ends_with("/login"), "{}", failure.page_url);
 
-    let mut denied = at_site(example("browser-login.json"), &site);
-    if let Some(job_spec::Kind::Browser(b)) = denied.spec.as_mut().and_then(|s| s.kind.as_mut()) {
-        b.variables.insert("base".into(), "http://169.254.169.254".into());
-    }
+    let denied = at_base(example("browser-login.json"), DENIED_BASE);
     let id = client.submit_job(denied).await.unwrap().into_inner().id;
     let job = finished(&cluster, &id, Duration::from_secs(30)).await;
     assert_eq!(job.state(), JobState::Failed);

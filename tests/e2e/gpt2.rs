@@ -2,28 +2,50 @@
 
 use crate::backbone::{finished, request};
 use baton_proto::v1::{
-    GetJobRequest, Gpt2Model, Gpt2Size, Gpt2TrainSpec, JobSpec, JobState, gpt2_model, job_result, job_spec,
+    GetJobRequest, Gpt2InferSpec, Gpt2Model, Gpt2Size, Gpt2TrainSpec, JobSpec, JobState, gpt2_model, job_result,
+    job_spec,
 };
 use baton_tests::{Cluster, Jaeger};
 use std::time::Duration;
 
-fn tiny_train(seq_len: u32, device: &str) -> JobSpec {
+/// A two-layer GPT-2 with random weights: seconds on a CPU.
+fn tiny_model() -> Option<Gpt2Model> {
+    Some(Gpt2Model {
+        source: Some(gpt2_model::Source::Custom(Gpt2Size {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 64,
+            n_ctx: 256,
+            vocab_size: 0,
+        })),
+    })
+}
+
+pub(crate) fn tiny_train(seq_len: u32, device: &str) -> JobSpec {
     JobSpec {
         name: format!("train seq {seq_len}"),
         kind: Some(job_spec::Kind::Gpt2Train(Gpt2TrainSpec {
-            model: Some(Gpt2Model {
-                source: Some(gpt2_model::Source::Custom(Gpt2Size {
-                    n_layer: 2,
-                    n_head: 2,
-                    n_embd: 64,
-                    n_ctx: 256,
-                    vocab_size: 0,
-                })),
-            }),
+            model: tiny_model(),
             batch: 2,
             seq_len,
             steps: 3,
             warmup_steps: 1,
+            device: device.into(),
+            seed: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Four new tokens after one short prompt.
+pub(crate) fn tiny_infer(device: &str) -> JobSpec {
+    JobSpec {
+        name: "generate".into(),
+        kind: Some(job_spec::Kind::Gpt2Infer(Gpt2InferSpec {
+            model: tiny_model(),
+            prompts: vec!["Hello world".into()],
+            max_new_tokens: 4,
             device: device.into(),
             seed: 1,
             ..Default::default()

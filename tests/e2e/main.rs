@@ -1,4 +1,4 @@
-//! End-to-end tests: real binaries over loopback gRPC, real grpcurl, real Jaeger.
+//! End-to-end tests: real binaries over loopback gRPC, real grpcurl, Jaeger and Prometheus.
 //! Build the binaries first: `cargo build --bins` (the test command in .ci/run does).
 
 mod backbone;
@@ -8,4 +8,6 @@ mod gpt2;
 mod ha;
 mod history;
 mod invalid;
+mod kube;
+mod metrics;
 mod traces;
