@@ -15,6 +15,10 @@ command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 command -v Xvfb >/dev/null || need_apt+=(xvfb)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# Container images without a Docker engine (deploy/images): podman with runc, debootstrap.
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq

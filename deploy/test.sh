@@ -14,5 +14,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo build --bins"
 cargo build --workspace --bins
+echo "==> container images (deploy/images/build.sh: release binaries, podman)"
+bash deploy/images/build.sh
 echo "==> cargo test"
 cargo test --workspace

@@ -84,7 +84,12 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         baton_gpt2::device::configure_memory()
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run());
+    // A DNS lookup still running on a blocking thread (a coordinator name that does not
+    // resolve can take many seconds) must not hold up the exit after SIGTERM.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run() -> anyhow::Result<()> {
