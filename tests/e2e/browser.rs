@@ -2,7 +2,7 @@
 //! chromedriver (issue 4).
 
 use crate::backbone::finished;
-use baton_proto::v1::{JobState, SubmitJobRequest, job_result, job_spec};
+use baton_proto::v1::{BrowserStep, JobState, OpenStep, SubmitJobRequest, browser_step, job_result, job_spec};
 use baton_tests::{Cluster, Jaeger, Site, example};
 use std::time::Duration;
 
@@ -30,7 +30,16 @@ async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_resul
     cluster.add_agent("desktop-1", 1, &[]);
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;
-    let id = client.submit_job(at_site(example("browser-login.json"), &site)).await.unwrap().into_inner().id;
+    // The login flow, then a page with 24 sub-resources (stylesheets, images, scripts).
+    let mut req = at_site(example("browser-login.json"), &site);
+    if let Some(job_spec::Kind::Browser(b)) = req.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+        let open = BrowserStep {
+            name: "open heavy page".into(),
+            kind: Some(browser_step::Kind::Open(OpenStep { url: "${base}/heavy".into() })),
+        };
+        b.steps.push(open);
+    }
+    let id = client.submit_job(req).await.unwrap().into_inner().id;
     let job = finished(&cluster, &id, Duration::from_secs(90)).await;
     assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
     let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("no browser result") };
@@ -55,6 +64,49 @@ async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_resul
     let step = spans.iter().find(|s| s["operationName"] == "step 1 open login page").expect("the first step");
     let parent = step["references"].as_array().and_then(|r| r.first()).map(|r| r["spanID"].clone());
     assert_eq!(parent, id_of(&repeat_1), "step 1 hangs under its repeat");
+
+    // Issue 13: the heavy page's load is a waterfall under its step, at the browser's
+    // times, and every figure of the step is an attribute of its span, named as in the result.
+    let trace = jaeger.trace(&job.trace_id, &["step 7 open heavy page", "documentLoad", "resourceFetch"]).await;
+    let spans = trace["spans"].as_array().expect("spans");
+    let parent_of = |s: &serde_json::Value| s["references"][0]["spanID"].as_str().unwrap_or_default().to_string();
+    let named = |name: &'static str| spans.iter().filter(move |s| s["operationName"] == name);
+    let step = named("step 7 open heavy page").next().expect("the heavy page's step");
+    let load = named("documentLoad").find(|s| parent_of(s) == step["spanID"]).expect("documentLoad under the step");
+    let under_load = |name: &'static str| named(name).filter(|s| parent_of(s) == load["spanID"]).count();
+    assert_eq!(under_load("documentFetch"), 1, "documentFetch under documentLoad");
+    let heavy = steps.last().and_then(|s| s.page.as_ref()).expect("the heavy page's timing");
+    assert!(heavy.resource_count >= 20, "{heavy:?}");
+    assert_eq!(under_load("resourceFetch") as u32, heavy.resource_count, "one resourceFetch per resource");
+    let events: Vec<&str> = load["logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|log| log["fields"].as_array().into_iter().flatten())
+        .filter(|f| f["key"] == "event")
+        .filter_map(|f| f["value"].as_str())
+        .collect();
+    for event in ["fetchStart", "responseStart", "domInteractive", "domContentLoadedEventEnd", "loadEventEnd"] {
+        assert!(events.contains(&event), "documentLoad has no {event} event: {events:?}");
+    }
+    // Jaeger times are µs; the browser's clock and the agent's are one machine's clock.
+    let time = |s: &serde_json::Value| {
+        let start = s["startTime"].as_i64().unwrap_or_default();
+        (start, start + s["duration"].as_i64().unwrap_or_default())
+    };
+    let ((step_start, step_end), (load_start, load_end)) = (time(step), time(load));
+    assert!(step_start - 2_000 <= load_start && load_end <= step_end + 2_000, "the waterfall lies within its step");
+    let tag = |name: &str| {
+        step["tags"].as_array().into_iter().flatten().find(|t| t["key"] == name).map(|t| t["value"].clone())
+    };
+    for (figure, value) in
+        [("ttfbMs", heavy.ttfb_ms), ("loadMs", heavy.load_ms), ("resourceCount", f64::from(heavy.resource_count))]
+    {
+        let attribute =
+            tag(figure).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("step 7 has no attribute {figure}"));
+        assert!((attribute - value).abs() < 1e-6, "{figure}: span says {attribute}, result {value}");
+    }
+    assert!(tag("wallMs").is_some(), "wallMs is an attribute of the step");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

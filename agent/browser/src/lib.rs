@@ -22,6 +22,7 @@ mod runner;
 mod session;
 mod site;
 mod timing;
+mod waterfall;
 
 pub use error::BrowserError;
 pub use policy::UrlPolicy;

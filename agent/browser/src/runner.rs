@@ -6,6 +6,7 @@ use crate::error::BrowserError;
 use crate::policy::UrlPolicy;
 use crate::session::{Session, SessionOptions};
 use crate::timing::{self, RawPageTiming, WaitOutcome};
+use crate::waterfall;
 use baton_proto::context::JobContext;
 use baton_proto::spec::browser::{check_key_chord, step_kind_name, substitute};
 use baton_proto::v1::{
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use thirtyfour::components::SelectElement;
 use thirtyfour::{By, WebElement};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(5);
@@ -158,6 +160,10 @@ impl<'a> Scenario<'a> {
                         timing.wall_ms = ms(t.elapsed());
                         timing.url = self.redact(&timing.url);
                         span.record("url.full", timing.url.as_str());
+                        // Every figure of the step, searchable, named as in the result.
+                        for (figure, value) in timing::step_figures(&timing) {
+                            span.set_attribute(figure, value);
+                        }
                         let done = f64::from(repeat - 1) * self.spec.steps.len() as f64 + f64::from(number);
                         self.ctx.report(progress(done / total_steps, repeat, repeats, &timing));
                         rep.steps.push(timing);
@@ -230,18 +236,13 @@ impl<'a> Scenario<'a> {
                 *last_action = Some(Action { step_number: number, started: Instant::now() });
                 driver.goto(url.as_str()).await.map_err(|e| format!("navigation failed: {e}"))?;
                 let raw: RawPageTiming = driver
-                    .execute_async(timing::PAGE_TIMING_JS, Vec::new())
+                    .execute_async(timing::PAGE_TIMING_JS, vec![serde_json::json!(timing::MAX_RESOURCES)])
                     .await
                     .and_then(|r| r.convert())
                     .map_err(|e| format!("reading the page timing failed: {e}"))?;
-                let page = raw.into_page_timing();
+                let page = raw.page_timing();
                 self.policy.check(&page.url).map_err(|r| format!("the page went to a URL that is not allowed: {r}"))?;
-                tracing::info!(
-                    ttfb_ms = page.ttfb_ms,
-                    load_ms = page.load_ms,
-                    fcp_ms = page.first_contentful_paint_ms,
-                    "page loaded"
-                );
+                waterfall::record(&raw, &tracing::Span::current().context(), &|text| self.redact(text));
                 timing.page = Some(page);
             }
             Some(Kind::SetWindowSize(w)) => {

@@ -1,14 +1,16 @@
 //! Timing read from the browser itself: the page-side scripts, their parsing, and the
 //! summary statistics across repeats.
 
-use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming};
+use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming, StepTiming};
 use serde::Deserialize;
 
-/// Reads the current document's navigation, paint, LCP and resource entries. Waits
+/// Reads the current document's navigation, paint, LCP and resource entries (the first
+/// [`MAX_RESOURCES`], for the trace's waterfall) and the page's time origin. Waits
 /// (page-side, event driven) for the load event's end and for the first contentful
 /// paint, up to 2 s, since both may come after WebDriver's navigation returns.
 pub(crate) const PAGE_TIMING_JS: &str = r#"
 const done = arguments[arguments.length - 1];
+const maxResources = arguments[0];
 const started = performance.now();
 let lcp = 0;
 let lcpObserver = null;
@@ -23,8 +25,13 @@ function finish() {
   const res = performance.getEntriesByType('resource');
   let bytes = nav ? nav.transferSize : 0;
   for (const r of res) bytes += r.transferSize || 0;
+  const resources = res.slice(0, maxResources).map(r => ({ name: r.name, initiatorType: r.initiatorType, startTime: r.startTime,
+    domainLookupStart: r.domainLookupStart, domainLookupEnd: r.domainLookupEnd, connectStart: r.connectStart,
+    connectEnd: r.connectEnd, requestStart: r.requestStart, responseStart: r.responseStart, responseEnd: r.responseEnd,
+    transferSize: r.transferSize || 0 }));
   done({ nav: nav ? nav.toJSON() : null, firstPaint: paint('first-paint'), firstContentfulPaint: paint('first-contentful-paint'),
-         largestContentfulPaint: lcp, resourceCount: res.length, transferBytes: bytes, url: location.href });
+         largestContentfulPaint: lcp, resourceCount: res.length, transferBytes: bytes, url: location.href,
+         timeOrigin: performance.timeOrigin, resources });
 }
 function ready() {
   const nav = performance.getEntriesByType('navigation')[0];
@@ -112,41 +119,81 @@ pub(crate) struct WaitOutcome {
     pub last_error: Option<String>,
 }
 
+/// How many Resource Timing entries of one page become `resourceFetch` spans.
+pub(crate) const MAX_RESOURCES: usize = 300;
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RawPageTiming {
-    nav: Option<RawNavigation>,
-    first_paint: f64,
-    first_contentful_paint: f64,
-    largest_contentful_paint: f64,
+    pub(crate) nav: Option<RawNavigation>,
+    pub(crate) first_paint: f64,
+    pub(crate) first_contentful_paint: f64,
+    pub(crate) largest_contentful_paint: f64,
     resource_count: u32,
     transfer_bytes: f64,
-    url: String,
+    pub(crate) url: String,
+    /// The page's `performance.timeOrigin`: ms since the epoch, what every entry counts from.
+    #[serde(default)]
+    pub(crate) time_origin: f64,
+    #[serde(default)]
+    pub(crate) resources: Vec<RawResource>,
 }
 
-/// The fields of PerformanceNavigationTiming we use (ms from navigation start).
+/// The fields of PerformanceNavigationTiming we use (ms from the time origin; 0 when the
+/// moment did not happen, e.g. no TLS).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawNavigation {
-    redirect_start: f64,
-    redirect_end: f64,
-    domain_lookup_start: f64,
-    domain_lookup_end: f64,
-    connect_start: f64,
-    connect_end: f64,
-    secure_connection_start: f64,
-    response_start: f64,
-    response_end: f64,
-    dom_content_loaded_event_end: f64,
-    load_event_end: f64,
+pub(crate) struct RawNavigation {
+    pub(crate) start_time: f64,
+    pub(crate) redirect_start: f64,
+    pub(crate) redirect_end: f64,
+    pub(crate) fetch_start: f64,
+    pub(crate) domain_lookup_start: f64,
+    pub(crate) domain_lookup_end: f64,
+    pub(crate) connect_start: f64,
+    pub(crate) connect_end: f64,
+    pub(crate) secure_connection_start: f64,
+    pub(crate) request_start: f64,
+    pub(crate) response_start: f64,
+    pub(crate) response_end: f64,
+    pub(crate) dom_interactive: f64,
+    pub(crate) dom_content_loaded_event_start: f64,
+    pub(crate) dom_content_loaded_event_end: f64,
+    pub(crate) dom_complete: f64,
+    pub(crate) load_event_start: f64,
+    pub(crate) load_event_end: f64,
+    pub(crate) transfer_size: f64,
+}
+
+/// One PerformanceResourceTiming entry (ms from the time origin).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct RawResource {
+    pub(crate) name: String,
+    pub(crate) initiator_type: String,
+    pub(crate) start_time: f64,
+    pub(crate) domain_lookup_start: f64,
+    pub(crate) domain_lookup_end: f64,
+    pub(crate) connect_start: f64,
+    pub(crate) connect_end: f64,
+    pub(crate) request_start: f64,
+    pub(crate) response_start: f64,
+    pub(crate) response_end: f64,
+    pub(crate) transfer_size: f64,
+}
+
+/// `b - a` when both happened in that order, else 0.
+pub(crate) fn between(a: f64, b: f64) -> f64 {
+    if a > 0.0 && b >= a { b - a } else { 0.0 }
 }
 
 impl RawPageTiming {
-    pub(crate) fn into_page_timing(self) -> PageTiming {
-        let n = self.nav.unwrap_or_default();
-        let span = |a: f64, b: f64| if a > 0.0 && b >= a { b - a } else { 0.0 };
+    pub(crate) fn page_timing(&self) -> PageTiming {
+        let default = RawNavigation::default();
+        let n = self.nav.as_ref().unwrap_or(&default);
+        let span = between;
         PageTiming {
-            url: self.url,
+            url: self.url.clone(),
             redirect_ms: span(n.redirect_start, n.redirect_end),
             dns_ms: span(n.domain_lookup_start, n.domain_lookup_end),
             connect_ms: span(n.connect_start, n.connect_end),
@@ -183,6 +230,19 @@ pub(crate) fn page_figures(p: &PageTiming) -> [(&'static str, f64); 13] {
     ]
 }
 
+/// A step's figures by the names they have in the summary; its span carries them as
+/// attributes under the same names.
+pub(crate) fn step_figures(step: &StepTiming) -> Vec<(&'static str, f64)> {
+    let mut figures = vec![("wallMs", step.wall_ms)];
+    if let Some(p) = &step.page {
+        figures.extend(page_figures(p));
+    }
+    if let Some(i) = &step.interaction {
+        figures.extend([("interactionBrowserMs", i.browser_ms), ("interactionWallMs", i.wall_ms)]);
+    }
+    figures
+}
+
 /// Every figure of every step across the repeats, plus session start and scenario wall time.
 pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
     // (step, figure) in first-seen order, so the summary reads like the scenario.
@@ -201,15 +261,8 @@ pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
         }
         add("", "scenarioWallMs", rep.scenario_wall_ms);
         for step in &rep.steps {
-            add(&step.name, "wallMs", step.wall_ms);
-            if let Some(p) = &step.page {
-                for (figure, v) in page_figures(p) {
-                    add(&step.name, figure, v);
-                }
-            }
-            if let Some(i) = &step.interaction {
-                add(&step.name, "interactionBrowserMs", i.browser_ms);
-                add(&step.name, "interactionWallMs", i.wall_ms);
+            for (figure, v) in step_figures(step) {
+                add(&step.name, figure, v);
             }
         }
     }
@@ -252,7 +305,7 @@ mod tests {
             "resourceCount": 3, "transferBytes": 1234.0, "url": "http://x/"
         }))
         .unwrap();
-        let p = raw.into_page_timing();
+        let p = raw.page_timing();
         assert_eq!((p.dns_ms, p.connect_ms, p.tls_ms, p.ttfb_ms, p.response_ms), (0.5, 0.5, 0.0, 5.0, 1.0));
         assert_eq!((p.dom_content_loaded_ms, p.load_ms, p.transfer_bytes), (20.0, 30.0, 1234));
     }
