@@ -59,7 +59,7 @@ if [ ! -f .venv/.baton-ready ]; then
   echo "==> python venv .venv (torch 2.11.0, transformers, selenium)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.11.0 transformers safetensors selenium numpy
+  .venv/bin/pip install -q torch==2.11.0 transformers safetensors selenium numpy pyyaml
   touch .venv/.baton-ready
 fi
 # One stable path to libtorch for tch (see .cargo/config.toml).

@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source deploy/check.sh
 [ -x .tools/bin/etcd ] || bash deploy/install.sh
 CACHE=$(bash deploy/kube-tools.sh | tail -1)
 export PATH="$CACHE/bin:$ROOT/.tools/bin:$PATH"
@@ -21,6 +22,8 @@ WORK=$(mktemp -d /tmp/baton-kube.XXXXXX)
 PIDS=()
 cleanup() {
   status=$?
+  set +e
+  shopt -s nullglob
   # The control plane holds nothing worth a graceful stop (kube-apiserver takes minutes).
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -33,7 +36,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "FAILED at line $LINENO: $BASH_COMMAND"' ERR
 step() { echo "==> $*"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ETCD_PORT=$(free_port) ETCD_PEER=$(free_port) API_PORT=$(free_port) CM_PORT=$(free_port) SCHED_PORT=$(free_port) KWOK_PORT=$(free_port)
 
 step "certificates"
@@ -155,14 +157,8 @@ refused "/coordinator/store" --set coordinator.store=postgres
 refused "/coordinator/leaseTimeout" --set coordinator.leaseTimeout=ten
 refused "additional properties 'replica'" --set coordinator.replica=2
 refused "coordinator.replicas: the embedded store allows one coordinator" --set coordinator.replicas=3
-
-# expect PATTERN COMMAND...: the command's output matches (read whole: no SIGPIPE under pipefail).
-expect() {
-  local pattern=$1 out
-  shift
-  out=$("$@")
-  grep -qE -- "$pattern" <<< "$out" || { echo "expected /$pattern/ from: $*"; echo "$out"; return 1; }
-}
+refused "etcd.endpoints: store etcd with etcd.deploy=false needs the endpoints" --set coordinator.store=etcd --set etcd.deploy=false
+refused "/keda/cooldownPeriod" --set keda.cooldownPeriod=7200
 
 pods_ready() { # namespace selector count
   for _ in $(seq 60); do

@@ -18,8 +18,13 @@ mkdir -p "$BIN" "$CACHE/kwok-stages" "$CACHE/keda-crds"
 export GOFLAGS=-mod=mod
 
 moddir() { go mod download -json "$1" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p'; }
+work=
+trap '[ -z "$work" ] || rm -rf "$work"' EXIT
+# Each part is redone when its version changes: a stamp file names the version it has.
+stale() { [ ! -f "$CACHE/.$1-$2" ]; }
+stamp() { rm -f "$CACHE/.$1-"*; touch "$CACHE/.$1-$2"; }
 
-if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubectl" ]; then
+if stale kubernetes "$K8S" || [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubectl" ]; then
   echo "==> building the Kubernetes $K8S control plane (first time ~10 min on 2 cores)" >&2
   src=$(moddir "k8s.io/kubernetes@$K8S")
   work=$(mktemp -d)
@@ -44,13 +49,13 @@ if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubectl" ]; then
     done
   )
   rm -rf "$work"
+  work=
+  stamp kubernetes "$K8S"
 fi
 
-if [ ! -x "$BIN/kwok" ]; then
+if stale kwok "$KWOK"; then
   echo "==> go install sigs.k8s.io/kwok/cmd/kwok@$KWOK" >&2
   GOBIN=$BIN go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK"
-fi
-if [ ! -f "$CACHE/kwok-stages/.ready" ]; then
   dir=$(moddir "sigs.k8s.io/kwok@$KWOK")
   # Nodes turn Ready and keep a heartbeat; pods turn Running; Job pods and helm test hook
   # pods (which kwok's own pod-complete stage does not cover) finish.
@@ -71,18 +76,20 @@ if [ ! -f "$CACHE/kwok-stages/.ready" ]; then
       -e "s/key: '.metadata.ownerReferences.\[\].kind'/key: '.metadata.annotations[\"helm.sh\/hook\"]'/" \
       -e "s/- 'Job'/- 'test'/" \
       "$dir/kustomize/stage/pod/fast/pod-complete.yaml" >> "$CACHE/kwok-stages/pods.yaml"
-  touch "$CACHE/kwok-stages/.ready"
+  stamp kwok "$KWOK"
 fi
 
-if [ ! -x "$BIN/helm" ]; then
+if stale helm "$HELM"; then
   echo "==> go install helm.sh/helm/v3/cmd/helm@$HELM" >&2
   GOBIN=$BIN go install "helm.sh/helm/v3/cmd/helm@$HELM"
+  stamp helm "$HELM"
 fi
 
-if [ ! -f "$CACHE/keda-crds/.ready" ]; then
+if stale keda "$KEDA"; then
   dir=$(moddir "github.com/kedacore/keda/v2@$KEDA")
+  rm -f "$CACHE/keda-crds/"*.yaml
   cp "$dir/config/crd/bases/"*.yaml "$CACHE/keda-crds/"
   chmod u+w "$CACHE/keda-crds/"*.yaml
-  touch "$CACHE/keda-crds/.ready"
+  stamp keda "$KEDA"
 fi
 echo "$CACHE"

@@ -366,13 +366,15 @@ impl Cluster {
         .await;
     }
 
-    /// Runs `grpcurl -plaintext ADDR ARGS...` against the coordinator; returns what it
-    /// printed (stdout, then stderr), whatever its exit status.
+    /// Runs `grpcurl -plaintext FLAGS... ADDR METHOD` against the coordinator, for `args` =
+    /// FLAGS... METHOD; returns what it printed (stdout, then stderr), whatever its exit status.
     pub fn grpcurl(&self, args: &[&str]) -> String {
+        let (method, flags) = args.split_last().expect("grpcurl needs at least a method");
         let out = Command::new(tool("grpcurl"))
             .arg("-plaintext")
+            .args(flags)
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(args)
+            .arg(method)
             .output()
             .expect("running grpcurl");
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

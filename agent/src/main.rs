@@ -35,7 +35,7 @@ struct Args {
     grace_period: std::time::Duration,
     /// Serve Prometheus metrics (OpenMetrics text at /metrics, liveness at /healthz) on
     /// this address; without a value, 127.0.0.1:9464. Off unless given.
-    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = baton_proto::metrics::DEFAULT_LISTEN)]
     metrics_listen: Option<String>,
     #[cfg(feature = "browser")]
     #[command(flatten)]

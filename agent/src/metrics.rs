@@ -8,7 +8,7 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `baton_agent_own_slots`, `baton_agent_running_jobs` | gauge | — |
+//! | `baton_agent_slots`, `baton_agent_running_jobs` | gauge | — |
 //! | `baton_agent_jobs_finished_total` | counter | `kind`, `outcome` (every pair from 0 at start) |
 //! | `baton_agent_job_seconds` | histogram | `kind`, `outcome` |
 //! | `baton_gpt2_phase_seconds` | histogram | `phase` (step, data, forward, backward, optimizer, ttft, token), `mode` (train, infer), `model`, `device`, `dtype`, `seq_len`, `batch` |
@@ -19,7 +19,7 @@
 //! | `baton_browser_session_start_seconds` | histogram | `browser`, `mode` |
 
 use crate::runner::Runner;
-use baton_proto::metrics::{TimingFamily, TraceExemplar, seconds_family};
+use baton_proto::metrics::{ExemplarFamily, TraceExemplar, seconds_family};
 use baton_proto::v1::{
     BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, JobFinished, PhaseStats, job_finished, job_result,
 };
@@ -79,18 +79,16 @@ struct BrowserLabels {
     mode: String,
 }
 
-type RatioFamily<L> = Family<L, HistogramWithExemplars<TraceExemplar>, fn() -> HistogramWithExemplars<TraceExemplar>>;
-
 /// What the agent observes as attempts finish.
 pub struct AgentMetrics {
     jobs: Family<JobLabels, Counter>,
-    job_seconds: TimingFamily<JobLabels>,
-    gpt2_phase: TimingFamily<PhaseLabels>,
-    gpt2_tokens_per_second: RatioFamily<Gpt2Labels>,
-    gpt2_mfu: RatioFamily<Gpt2Labels>,
-    page: TimingFamily<PageLabels>,
-    interaction: TimingFamily<InteractionLabels>,
-    session_start: TimingFamily<BrowserLabels>,
+    job_seconds: ExemplarFamily<JobLabels>,
+    gpt2_phase: ExemplarFamily<PhaseLabels>,
+    gpt2_tokens_per_second: ExemplarFamily<Gpt2Labels>,
+    gpt2_mfu: ExemplarFamily<Gpt2Labels>,
+    page: ExemplarFamily<PageLabels>,
+    interaction: ExemplarFamily<InteractionLabels>,
+    session_start: ExemplarFamily<BrowserLabels>,
 }
 
 impl Default for AgentMetrics {
@@ -309,7 +307,7 @@ impl Collector for Live {
         ConstGauge::new(i64::from(self.slots)).encode(encoder.encode_descriptor(
             // Not baton_agent_slots: that is the coordinator's sum by pool, and a query
             // without a job label would add this agent's own figure to it.
-            "baton_agent_own_slots",
+            "baton_agent_slots",
             "Jobs this agent runs at once (--slots)",
             None,
             MetricType::Gauge,

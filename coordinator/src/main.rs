@@ -20,7 +20,7 @@ struct Args {
     listen: String,
     /// Serve Prometheus metrics (OpenMetrics text at /metrics) on this address; without a
     /// value, 127.0.0.1:9464. Off unless given.
-    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = baton_proto::metrics::DEFAULT_LISTEN)]
     metrics_listen: Option<String>,
     /// Where jobs are kept: `embedded` (a redb file in --data-dir) or `etcd`.
     #[arg(long, value_enum, default_value_t = StoreKind::Embedded, env = "BATON_STORE")]

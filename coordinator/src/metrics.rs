@@ -10,9 +10,9 @@
 //! | `baton_jobs` | gauge | `state` (queued, assigned, running), `kind` |
 //! | `baton_jobs_submitted_total` | counter | `kind` |
 //! | `baton_jobs_finished_total` | counter | `kind`, `state` (succeeded, failed, cancelled) |
-//! | `baton_queue_depth` | gauge | `kind`, `pool_kind` (cpu, gpu, browser), `pool` |
+//! | `baton_queue_depth` | gauge | `kind`, `pool_kind` (cpu, gpu, browser), `pool` (a job's `agentLabels.pool`; a series per value among queued jobs, gone with its queue) |
 //! | `baton_agents` | gauge | `pool`, `status` (ready, draining, leaving, disconnected) |
-//! | `baton_agent_slots`, `baton_agent_free_slots`, `baton_agent_busy_slots` | gauge | `pool` |
+//! | `baton_pool_slots`, `baton_pool_free_slots`, `baton_pool_busy_slots` | gauge | `pool` (connected agents' slots) |
 //! | `baton_queue_wait_seconds` | histogram | `kind` (submitted → first assigned; every kind from 0 at start) |
 //! | `baton_dispatch_seconds` | histogram | `kind` (assigned → started on the agent; likewise) |
 //! | `baton_store_commit_seconds` | histogram | — |
@@ -20,7 +20,7 @@
 
 use crate::role::Role;
 use crate::state::{Figures, Slots};
-use baton_proto::metrics::{TimingFamily, TraceExemplar, seconds_family};
+use baton_proto::metrics::{ExemplarFamily, TraceExemplar, seconds_family};
 use baton_proto::v1::JobState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -39,8 +39,8 @@ struct KindLabel {
 
 /// The timings the coordinator observes as they happen.
 pub struct Timings {
-    queue_wait: TimingFamily<KindLabel>,
-    dispatch: TimingFamily<KindLabel>,
+    queue_wait: ExemplarFamily<KindLabel>,
+    dispatch: ExemplarFamily<KindLabel>,
     commit_seconds: Histogram,
     commit_writes: Histogram,
 }
@@ -148,18 +148,6 @@ impl Collector for Live {
     }
 }
 
-fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Assigned => "assigned",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Unspecified => "unspecified",
-    }
-}
-
 /// Encodes one family of constant values.
 fn family<L: EncodeLabelSet, M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -182,7 +170,7 @@ fn encode_figures(encoder: &mut DescriptorEncoder, f: Figures) -> Result<(), std
     for state in [JobState::Queued, JobState::Assigned, JobState::Running] {
         for kind in baton_proto::job::KIND_NAMES {
             let n = f.active_jobs.get(&(state, kind)).copied().unwrap_or(0);
-            jobs.push((vec![("state", state_name(state)), ("kind", kind)], ConstGauge::new(n as i64)));
+            jobs.push((vec![("state", state.short_name()), ("kind", kind)], ConstGauge::new(n as i64)));
         }
     }
     family(encoder, "baton_jobs", "Jobs queued, assigned or running", MetricType::Gauge, jobs)?;
@@ -201,7 +189,7 @@ fn encode_figures(encoder: &mut DescriptorEncoder, f: Figures) -> Result<(), std
     for state in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
         for kind in baton_proto::job::KIND_NAMES {
             let n = f.tally.finished.get(&(kind, state)).copied().unwrap_or(0);
-            finished.push((vec![("kind", kind), ("state", state_name(state))], ConstCounter::new(n)));
+            finished.push((vec![("kind", kind), ("state", state.short_name())], ConstCounter::new(n)));
         }
     }
     family(encoder, "baton_jobs_finished", "Jobs settled since this coordinator leads", MetricType::Counter, finished)?;
@@ -221,9 +209,9 @@ fn encode_figures(encoder: &mut DescriptorEncoder, f: Figures) -> Result<(), std
         .map(|((pool, status), n)| (vec![("pool", pool.as_str()), ("status", *status)], ConstGauge::new(*n as i64)));
     family(encoder, "baton_agents", "Agents known to the coordinator", MetricType::Gauge, agents)?;
     let slots = [
-        ("baton_agent_slots", "Job slots of connected agents", (|s: &Slots| s.all) as fn(&Slots) -> u64),
-        ("baton_agent_free_slots", "Free job slots of agents taking work", |s| s.free),
-        ("baton_agent_busy_slots", "Job slots holding an attempt (what autoscaling keeps)", |s| s.busy),
+        ("baton_pool_slots", "Job slots of connected agents", (|s: &Slots| s.all) as fn(&Slots) -> u64),
+        ("baton_pool_free_slots", "Free job slots of agents taking work", |s| s.free),
+        ("baton_pool_busy_slots", "Job slots holding an attempt (what autoscaling keeps)", |s| s.busy),
     ];
     for (name, help, value) in slots {
         let values = f.slots.iter().map(|(pool, s)| (vec![("pool", pool.as_str())], ConstGauge::new(value(s) as i64)));

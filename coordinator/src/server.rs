@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// The health service name a liveness probe asks for: SERVING while the process serves.
+pub const LIVENESS: &str = "liveness";
+
 /// Where the coordinator keeps its state, and so how it comes to lead.
 pub enum Mode {
     /// The embedded store: this coordinator leads from the start.
@@ -52,6 +55,10 @@ pub async fn serve(
     let Listeners { grpc: listener, metrics } = listeners;
     let timings = config.timings.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Liveness (`grpc.health.v1` service "liveness") says only that this process answers
+    // gRPC; "" and the baton services follow the store (readiness: NOT_SERVING while it
+    // refuses commits), so a store outage never restarts the coordinator.
+    health.set_service_status(LIVENESS, ServingStatus::Serving).await;
     // Fires on shutdown and when leadership is lost: either way the streams (agents,
     // watches) end, so the server can stop.
     let stop = shutdown.child_token();

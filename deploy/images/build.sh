@@ -33,8 +33,9 @@ wants() { local i; for i in "${images[@]}"; do [ "$i" = "$1" ] && return 0; done
 for i in "${images[@]}"; do
   [ -f "$HERE/Containerfile.$i" ] || { echo "no image $i (coordinator agent-cpu agent-cuda agent-browser)" >&2; exit 2; }
 done
-# The CUDA image is the CPU image plus the CUDA libraries.
-if wants agent-cuda && ! wants agent-cpu && ! podman image exists "$(image_name agent-cpu)"; then
+# The CUDA image is the CPU image plus the CUDA libraries: build that first, always (its
+# layers are cached), so the CUDA image never inherits an older agent.
+if wants agent-cuda && ! wants agent-cpu; then
   images=(agent-cpu "${images[@]}")
 fi
 

@@ -18,8 +18,12 @@ until [ -S "$socket" ]; do
   fi
   sleep 0.1
 done
+desktop_input=${BATON_DESKTOP_INPUT:-1}
+for arg in "$@"; do
+  [ "$arg" != --desktop-input ] || desktop_input=0 # given already (clap refuses it twice)
+done
 set -- --display "$display" "$@"
-if [ "${BATON_DESKTOP_INPUT:-1}" = 1 ]; then
+if [ "$desktop_input" = 1 ]; then
   set -- --desktop-input "$@"
 fi
 exec /usr/local/bin/baton-agent "$@"

@@ -8,7 +8,7 @@ Each pod is the one its controller would create, with what the kubelet would do 
 does not: `$(VAR)` references expanded, fieldRef environment variables resolved, the
 coordinator's Service name resolving to the coordinator pod (hostAliases; pass its IP, or
 `-` before it runs), and the Service's ports published on 127.0.0.1 (the coordinator pod's
-hostPorts). Probes are left out: podman 4.3 has no gRPC probe and runs HTTP probes with
+hostPorts; other pods publish nothing). Probes are left out: podman 4.3 has no gRPC probe and runs HTTP probes with
 curl inside the container; the test checks health from outside instead.
 """
 
@@ -39,6 +39,10 @@ def pod_of(workload, name, coordinator_host, coordinator_ip):
         container["args"] = [expand(a, env) for a in container.get("args", [])]
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             container.pop(probe, None)
+        # podman 4.3 publishes a containerPort without hostPort on the host's same port:
+        # two agent pods would collide on 9464. Only the coordinator's (the Service's) are
+        # published, below.
+        container.pop("ports", None)
     if coordinator_ip:
         spec["hostAliases"] = [{"ip": coordinator_ip, "hostnames": [coordinator_host]}]
     metadata = {"name": name, "labels": template["metadata"].get("labels", {})}
@@ -71,10 +75,12 @@ def main():
                                "metadata": {"name": claim_name}, "spec": claim["spec"]})
                 pod["spec"].setdefault("volumes", []).append(
                     {"name": claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim_name}})
+            ports = doc["spec"]["template"]["spec"]["containers"][0]["ports"]
             published = {"grpc": int(grpc_port), "metrics": int(metrics_port)}
-            for port in pod["spec"]["containers"][0]["ports"]:
+            for port in ports:
                 port["hostPort"] = published[port["name"]]
                 port["hostIP"] = "127.0.0.1"
+            pod["spec"]["containers"][0]["ports"] = ports
             files["coordinator.yaml"] = claims + [pod]
         elif kind == "Deployment" and coordinator_ip:
             pool = doc["spec"]["template"]["metadata"]["labels"]["baton.dev/pool"]

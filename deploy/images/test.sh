@@ -26,6 +26,7 @@
 # Everything started is stopped and removed at the end, also on failure.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../check.sh"
 cd "$ROOT"
 export PATH="$ROOT/.venv/bin:$PATH"
 
@@ -54,7 +55,6 @@ trap cleanup EXIT
 
 step() { echo "==> $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_for() { # SECONDS WHAT COMMAND... : retries COMMAND every 0.2 s
   local deadline=$(($(date +%s) + $1)) what=$2
   shift 2

@@ -16,8 +16,9 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// The port OpenTelemetry's Prometheus exporter uses, and so baton's default.
-pub const DEFAULT_PORT: u16 = 9464;
+/// Where `--metrics-listen` without an address serves: the port OpenTelemetry's
+/// Prometheus exporter uses, on loopback.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
 /// What a scrape encodes: the registry, whose collectors read live state.
 pub struct Scrape {
@@ -64,11 +65,11 @@ impl TraceExemplar {
 }
 
 /// A histogram family whose observations carry their trace as exemplar.
-pub type TimingFamily<L> =
+pub type ExemplarFamily<L> =
     Family<L, HistogramWithExemplars<TraceExemplar>, fn() -> HistogramWithExemplars<TraceExemplar>>;
 
 /// Buckets for durations from 0.1 ms to ~30 min, doubling (25 buckets).
-pub fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> TimingFamily<L> {
+pub fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> ExemplarFamily<L> {
     Family::new_with_constructor(|| {
         HistogramWithExemplars::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 25))
     })

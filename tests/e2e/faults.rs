@@ -149,6 +149,9 @@ async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_
     let health = || cluster.grpcurl(&["grpc.health.v1.Health/Check"]);
     eventually(secs(10), "health to say NOT_SERVING", || async { health().contains("NOT_SERVING").then_some(()) })
         .await;
+    // Liveness stays SERVING: a store outage must not get the coordinator restarted.
+    let liveness = cluster.grpcurl(&["-d", r#"{"service":"liveness"}"#, "grpc.health.v1.Health/Check"]);
+    assert!(liveness.contains("\"SERVING\""), "{liveness}");
     sleep(secs(1)).await;
     assert!(!submitting.is_finished(), "a submit was acknowledged while etcd was down");
 
