@@ -101,15 +101,15 @@ fn train(r: &Gpt2TrainReport) {
         &mut t,
         &[
             ("data", r.data.as_ref()),
-            ("forward + loss", r.forward.as_ref()),
+            ("forward (+ loss)", r.forward.as_ref()),
             ("backward", r.backward.as_ref()),
-            ("clip + optimizer", r.optimizer.as_ref()),
-            ("whole step", r.step.as_ref()),
+            ("optimizer (clip + update)", r.optimizer.as_ref()),
+            ("step (whole)", r.step.as_ref()),
         ],
     );
     println!("{t}");
     println!(
-        "{:.0} tokens/s · {:.2} GFLOP/s achieved · MFU {:.1}% of {:.1} GFLOP/s ({}) · peak memory {:.0} MiB ({})",
+        "tokensPerS {:.0} · achievedFlopsPerS {:.2} GFLOP/s · mfu {:.1}% of peakFlopsPerS {:.1} GFLOP/s ({}) · peakMemoryBytes {:.0} MiB ({})",
         r.tokens_per_s,
         r.achieved_flops_per_s / 1e9,
         r.mfu * 100.0,
@@ -128,10 +128,10 @@ fn infer(r: &Gpt2InferReport) {
         println!("{}", config_line(c));
     }
     let mut t = table(&["figure (ms)", "count", "mean", "p50", "p90", "p99", "min", "max", "p50"]);
-    phase_rows(&mut t, &[("time per output token", r.tpot.as_ref())]);
+    phase_rows(&mut t, &[("tpot (time per output token)", r.tpot.as_ref())]);
     println!("{t}");
     println!(
-        "time to first token {} ms · {:.1} tokens/s · {} prompt tokens · {} ms in all",
+        "ttftMs {} (time to first token) · tokensPerS {:.1} · promptTokens {} · totalMs {}",
         ms(r.ttft_ms),
         r.tokens_per_s,
         r.prompt_tokens,

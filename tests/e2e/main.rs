@@ -3,6 +3,7 @@
 
 mod backbone;
 mod browser;
+mod docs;
 mod faults;
 mod gpt2;
 mod ha;
