@@ -1,8 +1,8 @@
 //! Docs that run (issue 13): every `baton …` and `grpcurl …` command in a shell code block
-//! of README.md and docs/*.md runs, as written, against a real coordinator and agent, and
-//! exits 0. The only changes: the coordinator's address is the test's (`127.0.0.1:7070`
-//! in grpcurl lines, `BATON_COORDINATOR` for the CLI), `<id>`/`<job id>` is a job that
-//! ran and `<agent id>` the agent.
+//! of README.md, helm/baton/README.md and docs/*.md runs, as written, against a real
+//! coordinator and agent, and exits 0. The only changes: the coordinator's address is the
+//! test's (`127.0.0.1:7070` in grpcurl lines, `BATON_COORDINATOR` for the CLI),
+//! `<id>`/`<job id>` is a job that ran, `<traceId>` its trace and `<agent id>` the agent.
 
 use crate::backbone::finished;
 use baton_tests::{Cluster, Jaeger, bin, tool, workspace};
@@ -12,7 +12,7 @@ use std::time::Duration;
 /// (where, command) for every command line of the docs' code blocks, in order.
 fn documented_commands() -> Vec<(String, String)> {
     let root = workspace();
-    let mut files = vec![root.join("README.md")];
+    let mut files = vec![root.join("README.md"), root.join("helm/baton/README.md")];
     let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
         .expect("docs/")
         .map(|e| e.expect("a docs/ entry").path())
@@ -56,7 +56,7 @@ async fn every_baton_and_grpcurl_command_in_the_docs_runs() {
     assert_eq!(code, 0, "{out}{err}");
     let job: serde_json::Value = serde_json::from_str(&out).expect("the job as JSON");
     let id = job["id"].as_str().expect("a job id").to_string();
-    finished(&cluster, &id, Duration::from_secs(30)).await;
+    let trace_id = finished(&cluster, &id, Duration::from_secs(30)).await.trace_id;
 
     let dirs = [bin("baton"), tool("grpcurl")].map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default());
     let path = format!("{}:{}:{}", dirs[0].display(), dirs[1].display(), std::env::var("PATH").unwrap_or_default());
@@ -66,6 +66,7 @@ async fn every_baton_and_grpcurl_command_in_the_docs_runs() {
             .replace("127.0.0.1:7070", &format!("127.0.0.1:{}", cluster.port))
             .replace("<job id>", &id)
             .replace("<id>", &id)
+            .replace("<traceId>", &trace_id)
             .replace("<agent id>", "docs-agent");
         let out = tokio::process::Command::new("timeout")
             .args(["180", "bash", "-c", &command])
