@@ -197,12 +197,16 @@ expect 'pool_kind="gpu",pool=~"h200\\|"' kubectl get -n one scaledobject/one-bat
 helm test one --namespace one --timeout 60s
 expect '2 .*deployed' helm history one --namespace one
 
-step "helm install: three coordinators on the chart's etcd"
-helm install ha "$CHART" --namespace ha --create-namespace --set coordinator.store=etcd --set coordinator.replicas=3 \
-  --wait --timeout 120s >/dev/null
+step "helm install: three coordinators on the chart's etcd, sealing secrets with a key from a Secret"
+kubectl create namespace ha >/dev/null
+kubectl create secret generic baton-secrets-key -n ha --from-literal=secrets.key="$(head -c32 /dev/urandom | base64)" >/dev/null
+helm install ha "$CHART" --namespace ha --set coordinator.store=etcd --set coordinator.replicas=3 \
+  --set coordinator.secretsKey.existingSecret=baton-secrets-key --wait --timeout 120s >/dev/null
 pods_ready ha app.kubernetes.io/component=coordinator 3
 pods_ready ha app.kubernetes.io/component=etcd 3
 expect '--store=etcd' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].args}'
+expect '--secrets-key-file=/etc/baton/secrets/secrets.key' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].args}'
+expect 'baton-secrets-key' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.volumes}'
 
 step "helm uninstall"
 helm uninstall ha --namespace ha --wait >/dev/null

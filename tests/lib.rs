@@ -192,8 +192,8 @@ pub struct Cluster {
     /// The clients' proxy in front of several coordinators, alive as long as the cluster.
     _front: Option<FaultProxy>,
     pub agents: Vec<Proc>,
-    /// Each coordinator's extra flags.
-    coordinator_args: Vec<Vec<String>>,
+    /// Each coordinator's extra flags (a restart takes them as they are then).
+    pub coordinator_args: Vec<Vec<String>>,
     env: Vec<(String, String)>,
     /// Last, so it is removed after the processes have printed their logs (fields drop in order).
     pub dir: TempDir,

@@ -1,7 +1,9 @@
 //! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
 
 use crate::core::JobFilter;
+use crate::record::NewJob;
 use crate::role::{Role, forwarded, was_forwarded};
+use crate::secrets::Keyring;
 use crate::state::{AgentEntry, StateError};
 use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
@@ -72,17 +74,20 @@ fn invalid(e: SpecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// Checks one submit request; `prefix` locates it inside a batch (`jobs[3].`).
-fn check_submit(req: SubmitJobRequest, prefix: &str) -> Result<(baton_proto::v1::JobSpec, String), SpecError> {
+/// Checks one submit request and seals its secrets; `prefix` locates it inside a batch
+/// (`jobs[3].`).
+fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring) -> Result<NewJob, SpecError> {
     if req.idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
         return Err(SpecError::new(
             format!("{prefix}idempotencyKey"),
             format!("must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
         ));
     }
-    let spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
+    let mut spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
     baton_proto::spec::validate(&spec).map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
-    Ok((spec, req.idempotency_key))
+    let secrets =
+        keyring.seal(&mut spec).map_err(|e| SpecError::new(format!("{prefix}spec.browser.secrets"), e.to_string()))?;
+    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, ..Default::default() })
 }
 
 fn require_id(id: &str, field: &str) -> Result<(), Status> {
@@ -103,7 +108,7 @@ impl JobService for Api {
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
         let coordinator = lead_or_forward!(self, req, jobs.submit_job);
         let cx = client_context(&req);
-        let one = check_submit(req.into_inner(), "").map_err(invalid)?;
+        let one = check_submit(req.into_inner(), "", &coordinator.config.keyring).map_err(invalid)?;
         let mut jobs = coordinator.submit(vec![one], &cx).await;
         jobs.pop().map(Response::new).ok_or_else(|| Status::internal("submitted job vanished"))
     }
@@ -121,7 +126,7 @@ impl JobService for Api {
         let checked = jobs
             .into_iter()
             .enumerate()
-            .map(|(i, r)| check_submit(r, &format!("jobs[{i}].")))
+            .map(|(i, r)| check_submit(r, &format!("jobs[{i}]."), &coordinator.config.keyring))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let jobs = coordinator.submit(checked, &cx).await;

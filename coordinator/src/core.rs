@@ -11,7 +11,8 @@
 //! exception: it is not stored and is forwarded to watchers as it comes.
 
 use crate::metrics::Timings;
-use crate::record::{JobRecord, view as record_view};
+use crate::record::{JobRecord, NewJob, view as record_view};
+use crate::secrets::Keyring;
 use crate::state::{Action, AgentEntry, Figures, Retention, State, StateError};
 use crate::store::{Commit, Store, StoreError};
 use baton_proto::job::to_system_time;
@@ -19,8 +20,8 @@ use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_report
 use baton_proto::telemetry::{extract, inject};
 use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::{
-    AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobResult, JobSpec,
-    JobState, coordinator_message,
+    AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobResult, JobState,
+    coordinator_message,
 };
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
@@ -46,6 +47,8 @@ pub struct Config {
     pub retention: Retention,
     /// Where queue waits, dispatch times and commits are observed (the metrics endpoint).
     pub timings: Arc<Timings>,
+    /// Seals jobs' secrets at submit, opens them for the assignment.
+    pub keyring: Arc<Keyring>,
 }
 
 struct AgentLink {
@@ -112,6 +115,15 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
+/// Why a coordinator cannot start leading.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the store cannot be loaded: {0}")]
+    Store(#[from] StoreError),
+    #[error("job {job_id}'s secrets cannot be opened: {error}")]
+    Secrets { job_id: String, error: crate::secrets::SecretsError },
+}
+
 /// A change waiting to become durable: await [`Coordinator::durable`] on it.
 #[must_use]
 pub struct Ticket(Option<u64>);
@@ -132,9 +144,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub async fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, crate::store::StoreError> {
+    /// Loads the state. Refuses to start when a stored job's secrets cannot be opened
+    /// (its key was not given): it could never run.
+    pub async fn new(store: Arc<dyn Store>, config: Config) -> Result<Arc<Self>, StartError> {
         let began = Instant::now();
         let stored = store.load().await?;
+        for job in &stored.jobs {
+            if let Some(sealed) = &job.secrets {
+                config.keyring.open(sealed).map_err(|error| StartError::Secrets { job_id: job.id.clone(), error })?;
+            }
+        }
         let state = State::restore(stored.jobs, stored.drained_agents, Instant::now());
         tracing::info!(
             jobs = state.job_count(),
@@ -236,7 +255,7 @@ impl Coordinator {
                 self.lock().dirty.retain(|_, g| *g > generation);
                 self.committed.send_replace(generation);
                 for effect in batch.effects {
-                    run_effect(effect, &self.config.timings);
+                    run_effect(effect, &self.config);
                 }
                 self.notify_watchers(change.jobs.iter().chain(&batch.last_versions), &change.results);
             }
@@ -352,20 +371,25 @@ impl Coordinator {
 
     /// Accepts validated specs; an idempotency key already seen returns its job. The
     /// returned jobs are durable.
-    pub async fn submit(&self, requests: Vec<(JobSpec, String)>, client_cx: &Context) -> Vec<Job> {
+    /// Accepts checked submissions (spec validated, secrets sealed); the coordinator gives
+    /// each its id and trace. An idempotency key already seen returns its job. The returned
+    /// jobs are durable.
+    pub async fn submit(&self, requests: Vec<NewJob>, client_cx: &Context) -> Vec<Job> {
         let tracer = global::tracer("baton-coordinator");
         let mut spans = Vec::new();
         let (ids, ticket) = self.mutate(|inner| {
             let state = &mut inner.state;
             let mut ids = Vec::with_capacity(requests.len());
             let mut actions = Vec::new();
-            for (mut spec, key) in requests {
-                if let Some(existing) = (!key.is_empty()).then(|| state.job_by_key(&key)).flatten() {
+            for mut new in requests {
+                let key = &new.idempotency_key;
+                if let Some(existing) = (!key.is_empty()).then(|| state.job_by_key(key)).flatten() {
                     ids.push(existing.id.clone());
                     continue;
                 }
-                baton_proto::spec::normalize(&mut spec);
+                baton_proto::spec::normalize(&mut new.spec);
                 let id = uuid::Uuid::now_v7().to_string();
+                let spec = &new.spec;
                 let span = tracer
                     .span_builder("baton.v1.JobService/SubmitJob")
                     .with_kind(SpanKind::Server)
@@ -374,7 +398,7 @@ impl Coordinator {
                         KeyValue::new("rpc.service", "baton.v1.JobService"),
                         KeyValue::new("rpc.method", "SubmitJob"),
                         KeyValue::new("baton.job.id", id.clone()),
-                        KeyValue::new("baton.job.name", baton_proto::job::display_name(&spec).to_string()),
+                        KeyValue::new("baton.job.name", baton_proto::job::display_name(spec).to_string()),
                     ])
                     .start_with_context(&tracer, client_cx);
                 let sc = span.span_context().clone();
@@ -386,7 +410,7 @@ impl Coordinator {
                     (String::new(), String::new())
                 };
                 spans.push(span);
-                actions.extend(state.submit(id.clone(), spec, key, traceparent, trace_id));
+                actions.extend(state.submit(NewJob { id: id.clone(), traceparent, trace_id, ..new }));
                 ids.push(id);
             }
             (ids, actions)
@@ -697,7 +721,7 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) -> bool {
     inner.pending.writes != writes || inner.pending.effects.len() != effects
 }
 
-fn run_effect(effect: Effect, timings: &Timings) {
+fn run_effect(effect: Effect, config: &Config) {
     match effect {
         Effect::Send(tx, kind) => {
             // A closed link means the agent is gone; its lease settles the rest.
@@ -707,10 +731,19 @@ fn run_effect(effect: Effect, timings: &Timings) {
             if job.attempt == 1 {
                 let submitted = job.submitted_at.as_ref().map(to_system_time).unwrap_or(decided_at);
                 let wait = decided_at.duration_since(submitted).unwrap_or_default();
-                timings.queue_wait(job.placement().kind, wait, &job.traceparent);
+                config.timings.queue_wait(job.placement().kind, wait, &job.traceparent);
             }
             let trace_context = trace_dispatch(&job, decided_at);
-            let spec = Some(job.spec());
+            let mut spec = job.spec();
+            if let Some(sealed) = &job.secrets
+                && let Err(e) = config.keyring.unseal_into(&mut spec, sealed)
+            {
+                // Checked for every stored job at start: only a key file changed under a
+                // running coordinator gets here. The attempt then times out and is retried.
+                tracing::error!(job_id = %job.id, error = %e, "cannot open the job's secrets: not sending it");
+                return;
+            }
+            let spec = Some(spec);
             let assignment = Assignment { job_id: job.id, attempt: job.attempt, spec, trace_context };
             let _ = tx.send(message(coordinator_message::Kind::Assignment(assignment)));
         }

@@ -14,6 +14,7 @@ mod lifecycle_model;
 pub mod metrics;
 pub mod record;
 pub mod role;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

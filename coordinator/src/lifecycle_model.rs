@@ -283,7 +283,7 @@ impl World {
                     ..Default::default()
                 };
                 self.submitted.push(id.clone());
-                self.step(|s, _| s.submit(id, spec, String::new(), String::new(), String::new()));
+                self.step(|s, _| s.submit(crate::record::NewJob { id, spec, ..Default::default() }));
             }
             Op::Hello { agent } => self.hello(agent),
             Op::Disconnect { agent } => {

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use baton_coordinator::core::Config;
+use baton_coordinator::secrets::{Keyring, generate_key_file};
 use baton_coordinator::server::{Ended, Listeners, Mode, serve};
 use baton_coordinator::state::Retention;
 use baton_coordinator::store::{EtcdStore, RedbStore};
@@ -53,6 +54,15 @@ struct Args {
     /// At most this many finished jobs are kept; the oldest go first.
     #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
     keep_finished_jobs: usize,
+    /// The key that seals jobs' secrets in the store: 32 random bytes, base64 (e.g.
+    /// `head -c32 /dev/urandom | base64 > secrets.key`). Default with the embedded store:
+    /// DATA_DIR/secrets.key, made on first start. With etcd give every coordinator the
+    /// same file; without one, jobs with secrets are refused.
+    #[arg(long, env = "BATON_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+    /// An older secrets key that still opens jobs sealed with it (repeatable): rotation.
+    #[arg(long)]
+    secrets_old_key_file: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -70,6 +80,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.leader_lease < Duration::from_secs(2) {
         anyhow::bail!("--leader-lease must be at least 2s (etcd's shortest lease)");
+    }
+    let keyring = Arc::new(keyring(&args)?);
+    if let Some(id) = keyring.current_id() {
+        tracing::info!(key_id = id, "jobs' secrets are sealed in the store");
     }
     let mode = match args.store {
         StoreKind::Embedded => Mode::Embedded(Arc::new(
@@ -100,11 +114,31 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         retention,
         timings: Default::default(),
+        keyring,
     };
     if serve(Listeners { grpc, metrics }, mode, config, shutdown).await? == Ended::LostLeadership {
         restart_as_follower();
     }
     Ok(())
+}
+
+/// The secrets keys: the given files, or with the embedded store DATA_DIR/secrets.key
+/// (made on first start).
+fn keyring(args: &Args) -> anyhow::Result<Keyring> {
+    let current = match (&args.secrets_key_file, args.store) {
+        (Some(path), _) => Some(path.clone()),
+        (None, StoreKind::Embedded) => {
+            std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let path = args.data_dir.join("secrets.key");
+            if !path.exists() {
+                generate_key_file(&path)?;
+                tracing::info!(path = %path.display(), "made a secrets key");
+            }
+            Some(path)
+        }
+        (None, StoreKind::Etcd) => None,
+    };
+    Ok(Keyring::load(current.as_deref(), &args.secrets_old_key_file)?)
 }
 
 /// A coordinator that lost its leadership starts again as a new process (same pid, same

@@ -13,11 +13,25 @@ mod pb {
     tonic::include_proto!("baton.coordinator.v1");
 }
 
-pub use pb::JobRecord;
+pub use pb::{JobRecord, SealedSecrets, Secrets};
+
+/// A job being accepted: its validated, normalized spec (secrets masked) and what came
+/// with it.
+#[derive(Debug, Default)]
+pub struct NewJob {
+    pub id: String,
+    pub spec: JobSpec,
+    pub idempotency_key: String,
+    /// W3C traceparent of the submit span, and its trace id.
+    pub traceparent: String,
+    pub trace_id: String,
+    pub secrets: Option<SealedSecrets>,
+}
 
 impl JobRecord {
-    /// A new queued job for a validated, normalized spec.
-    pub fn queued(id: String, seq: u64, spec: &JobSpec, key: String, traceparent: String, trace_id: String) -> Self {
+    /// A new queued job.
+    pub fn queued(seq: u64, new: NewJob) -> Self {
+        let NewJob { id, spec, idempotency_key, traceparent, trace_id, secrets } = new;
         Self {
             id,
             seq,
@@ -27,9 +41,10 @@ impl JobRecord {
             priority: spec.priority,
             max_attempts: spec.max_attempts,
             timeout: spec.timeout,
-            idempotency_key: key,
+            idempotency_key,
             traceparent,
             trace_id,
+            secrets,
             ..Default::default()
         }
     }

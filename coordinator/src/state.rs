@@ -9,10 +9,10 @@
 //! job's current attempt, the job is ASSIGNED or RUNNING, and the reporting agent holds it
 //! (fencing); anything else is stale and only acknowledged.
 
-use crate::record::JobRecord;
+use crate::record::{JobRecord, NewJob};
 use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
 use baton_proto::spec::Placement;
-use baton_proto::v1::{Capabilities, Hello, JobFinished, JobResult, JobSpec, JobState, Progress, job_finished};
+use baton_proto::v1::{Capabilities, Hello, JobFinished, JobResult, JobState, Progress, job_finished};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -86,6 +86,8 @@ pub fn apply(job: &mut JobRecord, event: Event) -> Result<(), Illegal> {
             job.reason = reason;
             job.has_result = with_result;
             job.finished_at = Some(now());
+            // A settled job runs no more: its secrets go.
+            job.secrets = None;
         }
         Event::Retry { reason } => {
             job.reason = reason;
@@ -391,21 +393,15 @@ impl State {
     }
 
     /// Accepts a validated, normalized spec as a new queued job.
-    pub fn submit(
-        &mut self,
-        id: String,
-        spec: JobSpec,
-        key: String,
-        traceparent: String,
-        trace_id: String,
-    ) -> Vec<Action> {
+    pub fn submit(&mut self, new: NewJob) -> Vec<Action> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let kind = spec.kind.as_ref().map(baton_proto::job::kind_name).unwrap_or("");
+        let kind = new.spec.kind.as_ref().map(baton_proto::job::kind_name).unwrap_or("");
         *self.tally.submitted.entry(kind).or_default() += 1;
-        let job = JobRecord::queued(id.clone(), seq, &spec, key.clone(), traceparent, trace_id);
-        if !key.is_empty() {
-            self.by_key.insert(key, seq);
+        let id = new.id.clone();
+        let job = JobRecord::queued(seq, new);
+        if !job.idempotency_key.is_empty() {
+            self.by_key.insert(job.idempotency_key.clone(), seq);
         }
         self.seqs.insert(id.clone(), seq);
         self.enqueue(&job);
@@ -811,7 +807,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::v1::{AttemptRef, JobResult, NoopResult, Requirements, SleepSpec, job_result, job_spec};
+    use baton_proto::v1::{AttemptRef, JobResult, JobSpec, NoopResult, Requirements, SleepSpec, job_result, job_spec};
 
     pub(crate) fn spec(priority: i32) -> JobSpec {
         JobSpec {
@@ -848,7 +844,7 @@ mod tests {
     }
 
     fn submit(state: &mut State, id: &str, spec: JobSpec) {
-        state.submit(id.into(), spec, String::new(), String::new(), String::new());
+        state.submit(NewJob { id: id.into(), spec, ..Default::default() });
     }
 
     fn report(id: &str, attempt: u32, outcome: Option<job_finished::Outcome>) -> JobFinished {

@@ -11,4 +11,5 @@ mod history;
 mod invalid;
 mod kube;
 mod metrics;
+mod security;
 mod traces;
