@@ -157,7 +157,7 @@ impl BrowserEngine {
                 .endpoints
                 .get(&browser)
                 .ok_or_else(|| BrowserError::Unsupported(format!("{browser} is not installed on this agent")))?;
-            let desktop = self.admit(spec)?;
+            let desktop = self.admit(spec).await?;
             let headless = spec.headless.unwrap_or(true);
             let window = spec.window_size.as_ref().map(|w| (w.width, w.height)).unwrap_or(rules::DEFAULT_WINDOW);
             let options = SessionOptions { browser: browser.clone(), headless, window };
@@ -188,13 +188,14 @@ impl BrowserEngine {
     }
 
     /// Refuses, before any browser starts, what this agent must not or cannot run.
-    fn admit(&self, spec: &BrowserSpec) -> Result<Option<&Desktop>, BrowserError> {
+    async fn admit(&self, spec: &BrowserSpec) -> Result<Option<&Desktop>, BrowserError> {
         let values = runner::Values::new(spec);
         for step in &spec.steps {
             if let Some(browser_step::Kind::Open(o)) = &step.kind {
                 let url = values.fill(&o.url);
                 self.policy
                     .check(&url)
+                    .await
                     .map_err(|reason| BrowserError::UrlDenied { url: values.redact(&url), reason })?;
             }
         }

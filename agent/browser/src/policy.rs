@@ -4,8 +4,17 @@
 //! address or a CIDR range (`10.0.0.0/8`, `fd00::/8`). Deny wins over allow; a non-empty
 //! allow list admits only what it matches. Link-local addresses and cloud metadata
 //! endpoints are denied unless an allow pattern other than `*` names them.
+//!
+//! Every spelling of an address counts as that address: the URL parser reads decimal,
+//! octal and hex IPv4 (`http://2852039166/`, `http://0xa9.0xfe.0xa9.0xfe/`), IPv4-mapped
+//! and NAT64 IPv6 (`[::ffff:169.254.169.254]`, `[64:ff9b::a9fe:a9fe]`) are their IPv4
+//! address, and a trailing dot is dropped (`metadata.google.internal.`). A name is also
+//! checked by what it resolves to ([`UrlPolicy::check`]): a name that resolves
+//! to a denied or metadata address is denied. (The browser resolves again when it loads:
+//! a DNS answer that changes in between is not caught here.)
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 use url::{Host, Url};
 
 const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
@@ -23,34 +32,89 @@ impl UrlPolicy {
         Self { allow: clean(allow), deny: clean(deny) }
     }
 
-    /// `Ok` when the URL may be opened, else the reason it may not.
-    pub fn check(&self, url: &str) -> Result<(), String> {
-        if url == "about:blank" {
+    /// `Ok` when the URL may be opened, else the reason it may not: its host as written,
+    /// and for a name every address it resolves to (in at most 2 s; a name that does not
+    /// resolve is left to fail in the browser).
+    pub async fn check(&self, url: &str) -> Result<(), String> {
+        let Some((name, ip, port)) = self.target(url)? else { return Ok(()) };
+        self.check_host(&name, ip)?;
+        if ip.is_some() {
             return Ok(());
+        }
+        let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((name.as_str(), port)));
+        let Ok(Ok(addresses)) = lookup.await else { return Ok(()) };
+        let named = self.allow.iter().any(|p| p != "*" && matches(p, &name, None));
+        for address in addresses {
+            let ip = canonical(address.ip());
+            let shown = ip.to_string();
+            if let Some(p) = self.deny.iter().find(|p| matches(p, &shown, Some(ip))) {
+                return Err(format!("host {name} resolves to {shown}, which matches the deny pattern {p}"));
+            }
+            let allowed = named || self.allow.iter().any(|p| p != "*" && matches(p, &shown, Some(ip)));
+            if is_metadata(&shown, Some(ip)) && !allowed {
+                return Err(format!(
+                    "host {name} resolves to {shown}, a link-local or cloud metadata address, denied unless an allow pattern names it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL's host (name, address, port), or `None` for about:blank.
+    fn target(&self, url: &str) -> Result<Option<(String, Option<IpAddr>, u16)>, String> {
+        if url == "about:blank" {
+            return Ok(None);
         }
         let parsed = Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("scheme {} is not allowed (http and https only)", parsed.scheme()));
         }
+        let port = parsed.port_or_known_default().unwrap_or(80);
         let host = parsed.host().ok_or("the URL has no host")?;
-        let (name, ip) = match host {
-            Host::Domain(d) => (d.to_ascii_lowercase(), None),
-            Host::Ipv4(a) => (a.to_string(), Some(IpAddr::V4(a))),
-            Host::Ipv6(a) => (a.to_string(), Some(IpAddr::V6(a))),
-        };
-        if let Some(p) = self.deny.iter().find(|p| matches(p, &name, ip)) {
+        Ok(Some(match host {
+            Host::Domain(d) => (d.trim_end_matches('.').to_ascii_lowercase(), None, port),
+            Host::Ipv4(a) => (a.to_string(), Some(IpAddr::V4(a)), port),
+            Host::Ipv6(a) => {
+                let ip = canonical(IpAddr::V6(a));
+                (ip.to_string(), Some(ip), port)
+            }
+        }))
+    }
+
+    fn check_host(&self, name: &str, ip: Option<IpAddr>) -> Result<(), String> {
+        if let Some(p) = self.deny.iter().find(|p| matches(p, name, ip)) {
             return Err(format!("host {name} matches the deny pattern {p}"));
         }
-        let explicitly_allowed = self.allow.iter().any(|p| p != "*" && matches(p, &name, ip));
-        if is_metadata(&name, ip) && !explicitly_allowed {
+        let explicitly_allowed = self.allow.iter().any(|p| p != "*" && matches(p, name, ip));
+        if is_metadata(name, ip) && !explicitly_allowed {
             return Err(format!(
                 "host {name} is a link-local or cloud metadata address, denied unless an allow pattern names it"
             ));
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|p| matches(p, &name, ip)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(|p| matches(p, name, ip)) {
             return Err(format!("host {name} matches no allow pattern ({})", self.allow.join(", ")));
         }
         Ok(())
+    }
+}
+
+/// An IPv6 address that carries an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d`) is that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = a.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a1, a2] = s[6].to_be_bytes();
+                let [a3, a4] = s[7].to_be_bytes();
+                return IpAddr::V4(Ipv4Addr::new(a1, a2, a3, a4));
+            }
+            ip
+        }
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -103,24 +167,60 @@ mod tests {
         UrlPolicy::new(&v(allow), &v(deny))
     }
 
-    #[test]
-    fn metadata_addresses_are_denied_by_default() {
+    #[tokio::test]
+    async fn metadata_addresses_are_denied_by_default() {
         let p = policy(&[], &[]);
-        assert!(p.check("http://127.0.0.1:8088/login").is_ok());
-        assert!(p.check("http://169.254.169.254/latest/meta-data").unwrap_err().contains("link-local"));
-        assert!(p.check("http://[fd00:ec2::254]/").unwrap_err().contains("metadata"));
-        assert!(p.check("http://metadata.google.internal/").is_err());
-        assert!(policy(&["*"], &[]).check("http://169.254.169.254/").is_err());
-        assert!(policy(&["169.254.169.254"], &[]).check("http://169.254.169.254/").is_ok());
+        assert!(p.check("http://127.0.0.1:8088/login").await.is_ok());
+        assert!(p.check("http://169.254.169.254/latest/meta-data").await.unwrap_err().contains("link-local"));
+        assert!(p.check("http://[fd00:ec2::254]/").await.unwrap_err().contains("metadata"));
+        assert!(p.check("http://metadata.google.internal/").await.is_err());
+        assert!(policy(&["*"], &[]).check("http://169.254.169.254/").await.is_err());
+        assert!(policy(&["169.254.169.254"], &[]).check("http://169.254.169.254/").await.is_ok());
     }
 
-    #[test]
-    fn allow_and_deny_patterns() {
+    #[tokio::test]
+    async fn every_spelling_of_a_metadata_address_is_denied() {
+        let p = policy(&[], &[]);
+        for url in [
+            "http://2852039166/",                 // decimal
+            "http://0xa9.0xfe.0xa9.0xfe/",        // hex
+            "http://0251.0376.0251.0376/",        // octal
+            "http://169.254.43518/",              // shortened
+            "http://[::ffff:169.254.169.254]/",   // IPv4-mapped IPv6
+            "http://[::ffff:a9fe:a9fe]/",         // the same, in hex
+            "http://[64:ff9b::169.254.169.254]/", // NAT64
+            "http://metadata.google.internal./",  // trailing dot
+            "http://METADATA.Google.Internal/",   // case
+            "http://[fe80::1]/",                  // IPv6 link-local
+        ] {
+            let refused = p.check(url).await.expect_err(url);
+            assert!(refused.contains("metadata"), "{url}: {refused}");
+        }
+        // A deny pattern catches mapped and dotted spellings too.
+        let deny = policy(&[], &["10.0.0.0/8", "intranet.example.com"]);
+        assert!(deny.check("http://[::ffff:10.1.2.3]/").await.unwrap_err().contains("deny pattern 10.0.0.0/8"));
+        assert!(deny.check("http://intranet.example.com./").await.unwrap_err().contains("deny pattern"));
+        assert!(deny.check("http://0x0a000001/").await.unwrap_err().contains("deny pattern"));
+    }
+
+    #[tokio::test]
+    async fn a_name_is_checked_by_the_addresses_it_resolves_to() {
+        let p = policy(&[], &["127.0.0.0/8"]);
+        let refused = p.check("http://localhost:8088/login").await.unwrap_err();
+        assert!(refused.starts_with("host localhost resolves to 127."), "{refused}");
+        assert!(refused.ends_with("which matches the deny pattern 127.0.0.0/8"), "{refused}");
+        assert!(policy(&[], &[]).check("http://localhost:8088/").await.is_ok());
+        // A name that does not resolve is left to the browser.
+        assert!(policy(&[], &[]).check("http://no-such-host.invalid/").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn allow_and_deny_patterns() {
         let p = policy(&["*.example.com", "10.0.0.0/8"], &["bad.example.com"]);
-        assert!(p.check("https://www.example.com/").is_ok());
-        assert!(p.check("http://10.1.2.3/").is_ok());
-        assert!(p.check("https://bad.example.com/").unwrap_err().contains("deny pattern"));
-        assert!(p.check("https://example.org/").unwrap_err().contains("no allow pattern"));
-        assert!(p.check("file:///etc/passwd").unwrap_err().contains("scheme"));
+        assert!(p.check("https://www.example.com/").await.is_ok());
+        assert!(p.check("http://10.1.2.3/").await.is_ok());
+        assert!(p.check("https://bad.example.com/").await.unwrap_err().contains("deny pattern"));
+        assert!(p.check("https://example.org/").await.unwrap_err().contains("no allow pattern"));
+        assert!(p.check("file:///etc/passwd").await.unwrap_err().contains("scheme"));
     }
 }

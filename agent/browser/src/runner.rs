@@ -241,7 +241,12 @@ impl<'a> Scenario<'a> {
                     .and_then(|r| r.convert())
                     .map_err(|e| format!("reading the page timing failed: {e}"))?;
                 let page = raw.page_timing();
-                self.policy.check(&page.url).map_err(|r| format!("the page went to a URL that is not allowed: {r}"))?;
+                if let Err(reason) = self.policy.check(&page.url).await {
+                    // Leave the page before the failure is captured: a denied page is never
+                    // screenshotted.
+                    let _ = driver.goto("about:blank").await;
+                    return Err(format!("the page went to a URL that is not allowed: {reason}"));
+                }
                 waterfall::record(&raw, &tracing::Span::current().context(), &|text| self.redact(text));
                 timing.page = Some(page);
             }
