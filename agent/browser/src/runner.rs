@@ -43,9 +43,11 @@ pub(crate) struct Values {
 impl Values {
     pub(crate) fn new(spec: &BrowserSpec) -> Self {
         let values = spec.variables.iter().chain(spec.secrets.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut secrets: Vec<String> = spec.secrets.values().filter(|v| !v.is_empty()).cloned().collect();
+        let mut secrets: Vec<String> =
+            spec.secrets.values().filter(|v| !v.is_empty()).flat_map(|v| encoded_forms(v)).collect();
         // Longest first, so a secret containing another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
         Self { values, secrets }
     }
 
@@ -58,6 +60,65 @@ impl Values {
     pub(crate) fn redact(&self, text: &str) -> String {
         self.secrets.iter().fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
     }
+}
+
+/// A secret as it may appear in text that leaves the agent: as it is, percent-encoded
+/// (as a URL component and as a form field, upper and lower case hex), JSON- and
+/// Rust-Debug-escaped, HTML-escaped, and base64 (standard and URL-safe, with and without
+/// padding) — each only where it differs from the value.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let component: String = secret
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let quoted = |s: String| s.trim_matches('"').to_string();
+    let html = secret
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let mut forms = vec![
+        secret.to_string(),
+        lowercase_hex(&component),
+        component,
+        url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+        quoted(serde_json::to_string(secret).unwrap_or_default()),
+        quoted(format!("{secret:?}")),
+        html,
+    ];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(secret));
+    }
+    forms.retain(|f| !f.is_empty());
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `%2F` → `%2f`: the same percent-encoding with lower-case hex digits.
+fn lowercase_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if c == '%' {
+            hex_left = 2;
+            out.push(c);
+        } else if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub(crate) struct Scenario<'a> {
@@ -668,4 +729,40 @@ fn ms(d: Duration) -> f64 {
 fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     pbjson_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_redacted_in_every_encoding_text_may_carry_it_in() {
+        use base64::Engine as _;
+        let secret = r#"p@ss w/rd&"é"<x>"#;
+        let spec = BrowserSpec { secrets: [("pw".to_string(), secret.to_string())].into(), ..Default::default() };
+        let values = Values::new(&spec);
+        let url = format!(
+            "http://site/login?pw={}",
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+        );
+        let leaks = [
+            format!("typed {secret} into the field"),
+            url,
+            "http://site/a/p%40ss%20w%2Frd%26%22%C3%A9%22%3Cx%3E/b".to_string(),
+            "http://site/a/p%40ss%20w%2frd%26%22%c3%a9%22%3cx%3e/b".to_string(),
+            format!("script returned {}", serde_json::json!({ "pw": secret })),
+            format!("assert failed: {secret:?} != \"x\""),
+            "<input value=\"p@ss w/rd&amp;&quot;é&quot;&lt;x&gt;\">".to_string(),
+            format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(secret)),
+            format!("token={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)),
+        ];
+        for text in leaks {
+            let redacted = values.redact(&text);
+            assert!(redacted.contains("***"), "not masked: {text} → {redacted}");
+            for form in &values.secrets {
+                assert!(!redacted.contains(form.as_str()), "{text} → {redacted} still holds {form}");
+            }
+        }
+        assert_eq!(values.redact("nothing secret here"), "nothing secret here");
+    }
 }
