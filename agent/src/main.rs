@@ -37,6 +37,11 @@ struct Args {
     /// this address; without a value, 127.0.0.1:9464. Off unless given.
     #[arg(long, env = "BATON_METRICS_LISTEN", num_args = 0..=1, default_missing_value = baton_proto::metrics::DEFAULT_LISTEN)]
     metrics_listen: Option<String>,
+    /// A folder GPT-2 jobs may read files under (checkpoints, textFile), repeatable.
+    /// Without one, jobs read no files on this agent.
+    #[cfg(feature = "gpt2")]
+    #[arg(long = "data-root")]
+    data_roots: Vec<std::path::PathBuf>,
     #[cfg(feature = "browser")]
     #[command(flatten)]
     browser: BrowserArgs,
@@ -109,7 +114,9 @@ async fn run() -> anyhow::Result<()> {
     }
     #[cfg(feature = "gpt2")]
     {
-        let gpt2 = Arc::new(baton_gpt2::probe());
+        let mut gpt2 = baton_gpt2::probe();
+        gpt2.data_roots = baton_gpt2::files::DataRoots::new(&args.data_roots)?;
+        let gpt2 = Arc::new(gpt2);
         capabilities.cuda_devices = gpt2.cuda_devices.clone();
         capabilities.torch_threads = gpt2.torch_threads;
         executors.push(Arc::new(baton_agent::gpt2::Gpt2Executor { capabilities: gpt2 }));

@@ -2,8 +2,8 @@
 
 use crate::backbone::{finished, request};
 use baton_proto::v1::{
-    GetJobRequest, Gpt2InferSpec, Gpt2Model, Gpt2Size, Gpt2TrainSpec, JobSpec, JobState, gpt2_model, job_result,
-    job_spec,
+    GetJobRequest, Gpt2InferSpec, Gpt2Model, Gpt2Size, Gpt2TrainSpec, JobSpec, JobState, gpt2_model, gpt2_train_spec,
+    job_result, job_spec,
 };
 use baton_tests::{Cluster, Jaeger};
 use std::time::Duration;
@@ -114,4 +114,17 @@ async fn cuda_jobs_never_go_to_a_cpu_agent_and_bad_gpt2_specs_are_refused() {
     let job = finished(&cluster, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state(), JobState::Failed);
     assert!(job.reason.starts_with("checkpoint /no/such/checkpoint:"), "{}", job.reason);
+
+    // Issue 11: a job reads no file an agent was not given (--data-root), devices least of all.
+    let mut device = tiny_train(64, "cpu");
+    if let Some(job_spec::Kind::Gpt2Train(t)) = device.kind.as_mut() {
+        t.data = Some(gpt2_train_spec::Data::TextFile("/dev/zero".into()));
+    }
+    let id = client.submit_job(request(device)).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(60)).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(
+        job.reason,
+        "training data: textFile /dev/zero this agent reads no files for jobs: start it with --data-root DIR"
+    );
 }

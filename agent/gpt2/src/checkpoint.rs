@@ -14,6 +14,9 @@ fn error(path: &Path, problem: impl Into<String>) -> Gpt2Error {
     Gpt2Error::Checkpoint { path: path.display().to_string(), problem: problem.into() }
 }
 
+/// The files of a checkpoint folder that are read.
+pub const FILES: [&str; 2] = ["config.json", "model.safetensors"];
+
 /// Reads config.json of a checkpoint folder.
 pub fn read_config(dir: &Path) -> Result<Gpt2Config, Gpt2Error> {
     if !dir.is_dir() {

@@ -13,6 +13,9 @@ pub struct Gpt2Capabilities {
     pub torch_threads: u32,
     /// Memory available for jobs when probed (MemAvailable).
     pub memory_bytes: u64,
+    /// Where jobs may read files (checkpoints, text files); none unless the agent is given
+    /// `--data-root`.
+    pub data_roots: crate::files::DataRoots,
 }
 
 /// Probes CUDA devices (loading libtorch_cuda first when an NVIDIA driver is present),
@@ -23,6 +26,7 @@ pub fn probe() -> Gpt2Capabilities {
         cuda_devices: cuda_devices(),
         torch_threads: u32::try_from(tch::get_num_threads()).unwrap_or(1).max(1),
         memory_bytes: available_memory_bytes(),
+        data_roots: Default::default(),
     }
 }
 

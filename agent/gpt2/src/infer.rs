@@ -25,7 +25,7 @@ pub fn infer(spec: &Gpt2InferSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     };
     let device = device::resolve(&spec.device, caps)?;
     let dtype = setup::dtype(&spec.dtype);
-    let plan = ModelPlan::new(spec.model.as_ref())?;
+    let plan = ModelPlan::new(spec.model.as_ref(), &caps.data_roots)?;
     let tokenizer = Gpt2Tokenizer::new();
     let prompts: Vec<Vec<u32>> = if spec.prompts.is_empty() {
         spec.prompt_ids.iter().map(|p| p.ids.clone()).collect()

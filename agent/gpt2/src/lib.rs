@@ -14,6 +14,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod device;
 mod dropout;
+pub mod files;
 pub mod infer;
 pub mod model;
 mod setup;

@@ -2,6 +2,7 @@
 //! weights, threads, the memory check, and the run configuration for reports.
 
 use crate::device::{JobDevice, cpu_info};
+use crate::files::DataRoots;
 use crate::model::{Gpt2, Gpt2Config};
 use crate::{Gpt2Error, checkpoint};
 use baton_proto::spec::gpt2::{known_size, model_name};
@@ -17,12 +18,14 @@ pub struct ModelPlan {
 
 impl ModelPlan {
     /// Reads the preset, custom size or checkpoint config (a validated spec has a model).
-    pub fn new(model: Option<&Gpt2Model>) -> Result<Self, Gpt2Error> {
+    pub fn new(model: Option<&Gpt2Model>, roots: &DataRoots) -> Result<Self, Gpt2Error> {
         let missing = || baton_proto::spec::SpecError::new("model", "one of preset, custom or checkpoint is required");
         let model = model.ok_or_else(missing)?;
         let name = model_name(model);
         if let Some(gpt2_model::Source::Checkpoint(path)) = &model.source {
-            let dir = PathBuf::from(path);
+            let dir = roots
+                .folder(path, &checkpoint::FILES)
+                .map_err(|problem| Gpt2Error::Checkpoint { path: path.clone(), problem })?;
             let config = checkpoint::read_config(&dir)?;
             return Ok(Self { config, name, checkpoint: Some(dir) });
         }

@@ -3,6 +3,7 @@
 use crate::Gpt2Error;
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::device::{self, Gpt2Capabilities};
+use crate::files::DataRoots;
 use crate::model;
 use crate::setup::{self, ModelPlan};
 use crate::stats::phase_stats;
@@ -24,7 +25,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let device = device::resolve(&spec.device, caps)?;
     let dtype = setup::dtype(&spec.dtype);
     let bf16 = dtype == "bf16";
-    let mut plan = ModelPlan::new(spec.model.as_ref())?;
+    let mut plan = ModelPlan::new(spec.model.as_ref(), &caps.data_roots)?;
     if let Some(p) = spec.dropout {
         plan.config.set_dropout(p);
     }
@@ -38,7 +39,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
     let attention_matrices = model::explicit_attention(device.device, compute, plan.config.attn_pdrop);
     setup::check_memory(&device, setup::train_bytes(&plan.config, spec.batch, spec.seq_len, bf16, attention_matrices))?;
-    let mut data = TrainData::new(&spec, plan.config.vocab_size)?;
+    let mut data = TrainData::new(&spec, plan.config.vocab_size, &caps.data_roots)?;
     let threads = setup::set_threads(spec.threads, caps.torch_threads);
     setup::seed_torch(spec.seed);
     device::reset_peak_rss();
@@ -247,13 +248,12 @@ enum Source {
 }
 
 impl TrainData {
-    fn new(spec: &Gpt2TrainSpec, vocab_size: i64) -> Result<Self, Gpt2Error> {
+    fn new(spec: &Gpt2TrainSpec, vocab_size: i64, roots: &DataRoots) -> Result<Self, Gpt2Error> {
         let tokens = match &spec.data {
             None | Some(Data::Synthetic(_)) => None,
             Some(Data::Text(text)) => Some(Gpt2Tokenizer::new().encode(text)),
             Some(Data::TextFile(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Gpt2Error::Data(format!("cannot read textFile {path}: {e}")))?;
+                let text = roots.read_text(path).map_err(|e| Gpt2Error::Data(format!("textFile {path} {e}")))?;
                 Some(Gpt2Tokenizer::new().encode(&text))
             }
             Some(Data::TokenIds(t)) => Some(t.ids.clone()),

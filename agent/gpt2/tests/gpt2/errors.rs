@@ -77,7 +77,9 @@ fn seq_len_over_n_ctx() {
 fn missing_checkpoint() {
     let _serial = crate::one_job_at_a_time();
     let spec = small(checkpoint_model(std::path::Path::new("/nonexistent/gpt2")));
-    assert_eq!(train_err(spec, &cpu_agent()), "checkpoint /nonexistent/gpt2: no such folder on this agent");
+    let refused = train_err(spec, &cpu_agent());
+    assert!(refused.starts_with("checkpoint /nonexistent/gpt2: is not under this agent's data roots ("), "{refused}");
+    assert!(refused.ends_with("), or does not exist"), "{refused}");
 }
 
 #[test]

@@ -20,9 +20,11 @@ pub fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a CPU-only agent offers: no CUDA, two threads, plenty of memory.
+/// What a CPU-only agent offers: no CUDA, two threads, plenty of memory, and files under
+/// the temp dir (where the tests make their checkpoints).
 pub fn cpu_agent() -> Gpt2Capabilities {
-    Gpt2Capabilities { cuda_devices: vec![], torch_threads: 2, memory_bytes: 16 << 30 }
+    let data_roots = baton_gpt2::files::DataRoots::new(&[std::env::temp_dir()]).expect("the temp dir");
+    Gpt2Capabilities { cuda_devices: vec![], torch_threads: 2, memory_bytes: 16 << 30, data_roots }
 }
 
 pub fn custom(n_layer: u32, n_head: u32, n_embd: u32, n_ctx: u32, vocab_size: u32) -> Option<Gpt2Model> {
