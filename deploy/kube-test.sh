@@ -159,6 +159,7 @@ refused "additional properties 'replica'" --set coordinator.replica=2
 refused "coordinator.replicas: the embedded store allows one coordinator" --set coordinator.replicas=3
 refused "etcd.endpoints: store etcd with etcd.deploy=false needs the endpoints" --set coordinator.store=etcd --set etcd.deploy=false
 refused "/keda/cooldownPeriod" --set keda.cooldownPeriod=7200
+refused "/agents/pools/0/data/0/mountPath" --set-json 'agents.pools=[{"name":"c","kind":"cpu","replicas":1,"slots":1,"data":[{"name":"m","mountPath":"models","volume":{"emptyDir":{}}}]}]'
 
 pods_ready() { # namespace selector count
   for _ in $(seq 60); do
@@ -193,6 +194,8 @@ expect '"nvidia.com/gpu":"1"' kubectl get -n one deploy/one-baton-agent-h200 -o 
 scaled=$(kubectl get scaledobjects.keda.sh -n one -o name | sort | tr '\n' ' ')
 [ "$scaled" = "scaledobject.keda.sh/one-baton-agent-desktop scaledobject.keda.sh/one-baton-agent-h200 " ]
 expect '^2$' kubectl get -n one deploy/one-baton-agent-cpu -o jsonpath='{.spec.replicas}'
+expect '--data-root=/models' kubectl get -n one deploy/one-baton-agent-cpu -o jsonpath='{.spec.template.spec.containers[0].args}'
+expect '"mountPath":"/models","name":"data-models","readOnly":true' kubectl get -n one deploy/one-baton-agent-cpu -o jsonpath='{.spec.template.spec.containers[0].volumeMounts}'
 expect 'pool_kind="gpu",pool=~"h200\\|"' kubectl get -n one scaledobject/one-baton-agent-h200 -o jsonpath='{.spec.triggers[0].metadata.query}'
 helm test one --namespace one --timeout 60s
 expect '2 .*deployed' helm history one --namespace one
