@@ -2,7 +2,7 @@
 
 use crate::core::JobFilter;
 use crate::record::NewJob;
-use crate::role::{Role, forwarded, was_forwarded};
+use crate::role::{Role, caller, forwarded, was_forwarded};
 use crate::secrets::Keyring;
 use crate::state::{AgentEntry, StateError};
 use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
@@ -90,6 +90,13 @@ fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring) -> Resul
     Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, ..Default::default() })
 }
 
+/// One audit line per job a state-changing call touched: who, what, which job.
+fn audit<'a>(who: &str, call: &str, job_ids: impl IntoIterator<Item = &'a str>) {
+    for job_id in job_ids {
+        tracing::info!(target: "baton::audit", who, call, job_id, "audit");
+    }
+}
+
 fn require_id(id: &str, field: &str) -> Result<(), Status> {
     if id.is_empty() { Err(Status::invalid_argument(format!("{field}: is required"))) } else { Ok(()) }
 }
@@ -107,15 +114,16 @@ fn client_context<T>(req: &Request<T>) -> opentelemetry::Context {
 impl JobService for Api {
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
         let coordinator = lead_or_forward!(self, req, jobs.submit_job);
-        let cx = client_context(&req);
+        let (cx, who) = (client_context(&req), caller(&req));
         let one = check_submit(req.into_inner(), "", &coordinator.config.keyring).map_err(invalid)?;
         let mut jobs = coordinator.submit(vec![one], &cx).await;
+        audit(&who, "SubmitJob", jobs.iter().map(|j| j.id.as_str()));
         jobs.pop().map(Response::new).ok_or_else(|| Status::internal("submitted job vanished"))
     }
 
     async fn submit_jobs(&self, req: Request<SubmitJobsRequest>) -> Result<Response<SubmitJobsResponse>, Status> {
         let coordinator = lead_or_forward!(self, req, jobs.submit_jobs);
-        let cx = client_context(&req);
+        let (cx, who) = (client_context(&req), caller(&req));
         let jobs = req.into_inner().jobs;
         if jobs.is_empty() {
             return Err(Status::invalid_argument("jobs: must not be empty"));
@@ -130,6 +138,7 @@ impl JobService for Api {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let jobs = coordinator.submit(checked, &cx).await;
+        audit(&who, "SubmitJobs", jobs.iter().map(|j| j.id.as_str()));
         Ok(Response::new(SubmitJobsResponse { jobs }))
     }
 
@@ -204,6 +213,7 @@ impl JobService for Api {
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         let coordinator = lead_or_forward!(self, req, jobs.cancel_job);
+        let who = caller(&req);
         let req = req.into_inner();
         require_id(&req.id, "id")?;
         if req.reason.chars().count() > MAX_CANCEL_REASON_CHARS {
@@ -211,7 +221,9 @@ impl JobService for Api {
                 "reason: must be at most {MAX_CANCEL_REASON_CHARS} characters"
             )));
         }
-        Ok(Response::new(coordinator.cancel(&req.id, &req.reason).await?))
+        let job = coordinator.cancel(&req.id, &req.reason).await?;
+        audit(&who, "CancelJob", [job.id.as_str()]);
+        Ok(Response::new(job))
     }
 }
 
@@ -239,16 +251,22 @@ impl AdminService for Api {
 
     async fn drain_agent(&self, req: Request<DrainAgentRequest>) -> Result<Response<Agent>, Status> {
         let coordinator = lead_or_forward!(self, req, admin.drain_agent);
+        let who = caller(&req);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
-        Ok(Response::new(agent_view(coordinator.drain(&id, true).await?)))
+        let agent = coordinator.drain(&id, true).await?;
+        tracing::info!(target: "baton::audit", who = %who, call = "DrainAgent", agent_id = %id, "audit");
+        Ok(Response::new(agent_view(agent)))
     }
 
     async fn undrain_agent(&self, req: Request<UndrainAgentRequest>) -> Result<Response<Agent>, Status> {
         let coordinator = lead_or_forward!(self, req, admin.undrain_agent);
+        let who = caller(&req);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
-        Ok(Response::new(agent_view(coordinator.drain(&id, false).await?)))
+        let agent = coordinator.drain(&id, false).await?;
+        tracing::info!(target: "baton::audit", who = %who, call = "UndrainAgent", agent_id = %id, "audit");
+        Ok(Response::new(agent_view(agent)))
     }
 }
 

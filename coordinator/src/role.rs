@@ -106,17 +106,29 @@ impl Role {
 /// refuses it rather than forward it again (no call bounces between coordinators).
 const FORWARDED_METADATA: &str = "baton-forwarded";
 
+/// Who made the call, as far as the coordinator can tell: the client's address, or for a
+/// call a follower forwarded, the address the follower saw. (The security issue's tokens
+/// will name a principal.)
+pub fn caller<T>(request: &Request<T>) -> String {
+    if let Some(original) = request.metadata().get(FORWARDED_METADATA).and_then(|v| v.to_str().ok()) {
+        return original.to_string();
+    }
+    request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
 /// Whether a follower already forwarded this call.
 pub fn was_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_METADATA)
 }
 
 /// The call as it goes on to the leader: the message, the caller's trace context, and the
-/// mark that it was forwarded.
+/// mark that it was forwarded, naming the caller (for the leader's audit log).
 pub fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let caller = caller(&request);
     let (metadata, _, message) = request.into_parts();
     let mut onward = Request::new(message);
-    onward.metadata_mut().insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    let mark = caller.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("unknown"));
+    onward.metadata_mut().insert(FORWARDED_METADATA, mark);
     for key in ["traceparent", "tracestate"] {
         if let Some(value) = metadata.get(key) {
             onward.metadata_mut().insert(key, value.clone());

@@ -2,7 +2,9 @@
 
 use crate::backbone::{finished, request, sleep_spec};
 use crate::browser::at_site;
-use baton_proto::v1::{BrowserStep, JobState, SubmitJobRequest, WaitStep, browser_step, job_spec, wait_step};
+use baton_proto::v1::{
+    BrowserStep, CancelJobRequest, JobState, SubmitJobRequest, WaitStep, browser_step, job_spec, wait_step,
+};
 use baton_tests::{Cluster, Etcd, Jaeger, Proc, Site, bin, example, free_port};
 use std::path::Path;
 use std::time::Duration;
@@ -97,7 +99,7 @@ async fn secrets_are_masked_in_every_view_sealed_at_rest_and_opened_only_for_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinators_on_etcd_without_a_secrets_key_refuse_jobs_with_secrets() {
+async fn coordinators_on_etcd_without_a_secrets_key_refuse_jobs_with_secrets_and_calls_are_audited() {
     let etcd = Etcd::start().await;
     let cluster = Cluster::start(&etcd.coordinator_args(), &[]).await;
     cluster.wait_leader(&etcd, Duration::from_secs(20)).await;
@@ -109,7 +111,13 @@ async fn coordinators_on_etcd_without_a_secrets_key_refuse_jobs_with_secrets() {
         status.message(),
         "spec.browser.secrets: this coordinator keeps no secrets: start it with --secrets-key-file (the same key on every coordinator)"
     );
-    // Jobs without secrets are not affected.
+    // Jobs without secrets are not affected; every state-changing call leaves an audit line.
     let id = client.submit_job(request(sleep_spec(1))).await.unwrap().into_inner().id;
-    assert!(!id.is_empty());
+    client.cancel_job(CancelJobRequest { id: id.clone(), reason: String::new() }).await.unwrap();
+    let log = cluster.coordinator().log();
+    for call in ["SubmitJob", "CancelJob"] {
+        let line = log.lines().find(|l| l.contains(&format!("call=\"{call}\" job_id=\"{id}\"")));
+        let line = line.unwrap_or_else(|| panic!("no audit line for {call} of {id}:\n{log}"));
+        assert!(line.contains("audit who=\"127.0.0.1:"), "{line}");
+    }
 }
