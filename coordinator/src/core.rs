@@ -728,13 +728,15 @@ fn run_effect(effect: Effect, config: &Config) {
             let _ = tx.send(message(*kind));
         }
         Effect::Dispatch { tx, job, decided_at } => {
+            // Decoded once: for the queue-wait kind and for the assignment.
+            let mut spec = job.spec();
             if job.attempt == 1 {
                 let submitted = job.submitted_at.as_ref().map(to_system_time).unwrap_or(decided_at);
                 let wait = decided_at.duration_since(submitted).unwrap_or_default();
-                config.timings.queue_wait(job.placement().kind, wait, &job.traceparent);
+                let kind = spec.kind.as_ref().map(baton_proto::job::kind_name).unwrap_or("");
+                config.timings.queue_wait(kind, wait, &job.traceparent);
             }
             let trace_context = trace_dispatch(&job, decided_at);
-            let mut spec = job.spec();
             if let Some(sealed) = &job.secrets
                 && let Err(e) = config.keyring.unseal_into(&mut spec, sealed)
             {

@@ -73,22 +73,12 @@ impl Default for Timings {
 impl Timings {
     /// A job's first assignment, `wait` after it was submitted.
     pub fn queue_wait(&self, kind: &str, wait: Duration, traceparent: &str) {
-        let labels = KindLabel { kind: kind.to_string() };
-        self.queue_wait.get_or_create(&labels).observe(
-            wait.as_secs_f64(),
-            TraceExemplar::from_traceparent(traceparent),
-            None,
-        );
+        observe(&self.queue_wait, kind, wait, traceparent);
     }
 
     /// An attempt started on its agent, `after` its assignment was decided.
     pub fn dispatch(&self, kind: &str, after: Duration, traceparent: &str) {
-        let labels = KindLabel { kind: kind.to_string() };
-        self.dispatch.get_or_create(&labels).observe(
-            after.as_secs_f64(),
-            TraceExemplar::from_traceparent(traceparent),
-            None,
-        );
+        observe(&self.dispatch, kind, after, traceparent);
     }
 
     /// One store commit of `writes` writes that took `took`.
@@ -96,6 +86,12 @@ impl Timings {
         self.commit_seconds.observe(took.as_secs_f64());
         self.commit_writes.observe(writes as f64);
     }
+}
+
+/// One job's time in a per-kind histogram, with the job's trace as exemplar.
+fn observe(family: &ExemplarFamily<KindLabel>, kind: &str, took: Duration, traceparent: &str) {
+    let labels = KindLabel { kind: kind.to_string() };
+    family.get_or_create(&labels).observe(took.as_secs_f64(), TraceExemplar::from_traceparent(traceparent), None);
 }
 
 /// The registry a scrape encodes: the timings, and the live figures of whichever
