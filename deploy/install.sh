@@ -14,6 +14,7 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 command -v Xvfb >/dev/null || need_apt+=(xvfb)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl) # the test control plane's certificates
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 # Container images without a Docker engine (deploy/images): podman with runc, debootstrap.
 command -v podman >/dev/null || need_apt+=(podman)
