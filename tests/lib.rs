@@ -851,6 +851,45 @@ pub fn example(name: &str) -> baton_proto::v1::SubmitJobRequest {
     baton_proto::spec::parse_request(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A test certificate authority: its certificate and the ones it signs, as PEM files in a
+/// folder (what `--tls-cert`, `--tls-ca` and `--client-ca` read).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+    /// The CA certificate's file.
+    pub cert: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("a key"))
+            .expect("a CA certificate");
+        let cert = dir.join(format!("{name}.pem"));
+        std::fs::write(&cert, issuer.pem()).expect("writing the CA certificate");
+        Self { issuer, dir: dir.to_owned(), cert }
+    }
+
+    /// A certificate for `common_name` (and `names`: DNS names or IP addresses), usable by
+    /// servers and clients; returns its certificate and key files, `FILE.pem` and `FILE-key.pem`.
+    pub fn issue(&self, file: &str, common_name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        let (cert_file, key_file) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}-key.pem")));
+        std::fs::write(&cert_file, cert.pem()).expect("writing a certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("writing a key");
+        (cert_file, key_file)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 
 use crate::runner::Runner;
 use baton_proto::LEADER_METADATA;
+use baton_proto::client::ClientAuth;
 use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::agent_service_client::AgentServiceClient;
 use baton_proto::v1::{
@@ -22,6 +23,8 @@ pub struct Identity {
     pub slots: u32,
     pub labels: HashMap<String, String>,
     pub capabilities: Capabilities,
+    /// TLS files and token, read again at each connect (rotation).
+    pub auth: ClientAuth,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -108,7 +111,10 @@ async fn session(
     events: &mut mpsc::UnboundedReceiver<AgentMessage>,
     stopping: &Stopping,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(coordinator.to_string())?
+    let credentials = identity.auth.credentials()?;
+    let channel = identity
+        .auth
+        .endpoint(coordinator)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         // A coordinator that stops answering (paused, cut off) is noticed within ~3 s.
@@ -136,7 +142,7 @@ async fn session(
         leaving,
     };
     out.send(msg(agent_message::Kind::Hello(hello))).await?;
-    let mut inbound = AgentServiceClient::new(channel)
+    let mut inbound = AgentServiceClient::with_interceptor(channel, credentials)
         .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES)
         .connect_agent(ReceiverStream::new(out_rx))

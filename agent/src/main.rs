@@ -19,13 +19,17 @@ struct Args {
     /// (the agent finds the leader).
     #[arg(long, env = "BATON_COORDINATOR", default_value = "http://127.0.0.1:7070", value_delimiter = ',')]
     coordinator: Vec<String>,
+    /// TLS and credentials for https:// coordinators.
+    #[command(flatten)]
+    auth: baton_proto::client::ClientAuth,
     /// Jobs run at the same time. Timings are cleanest with 1 (the default).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     slots: u32,
     /// A label jobs can require (repeatable), e.g. --label zone=eu --label gpu=h200.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// This agent's id; default HOSTNAME-PID (a restarted agent is a new agent).
+    /// This agent's id; default HOSTNAME-PID (a restarted agent is a new agent). Where the
+    /// coordinator authenticates agents, the certificate's (or token's) name, or NAME/anything.
     #[arg(long)]
     name: Option<String>,
     /// On SIGTERM: how long running jobs may take to finish before they are handed back
@@ -137,6 +141,7 @@ async fn run() -> anyhow::Result<()> {
         slots: args.slots,
         labels: args.labels.into_iter().collect::<HashMap<_, _>>(),
         capabilities: probe::capabilities(runner.job_kinds(), capabilities),
+        auth: args.auth,
     };
     tracing::info!(agent_id = %agent_id, slots = args.slots, cores = identity.capabilities.cpu_cores, "agent starting");
     let stopping = Stopping {

@@ -7,6 +7,8 @@ mod report;
 mod show;
 
 use anyhow::{Context as _, anyhow};
+use baton_proto::access::{AccessRole, new_token, token_sha256};
+use baton_proto::client::{Channel, ClientAuth};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::job_service_client::JobServiceClient;
 use baton_proto::v1::{
@@ -17,7 +19,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use show::Output;
 use std::io::Read as _;
 use std::process::ExitCode;
-use tonic::transport::Channel;
 
 /// Measure how long ML and business-process automation work takes, on many machines.
 #[derive(Parser)]
@@ -33,6 +34,9 @@ struct Cli {
         value_delimiter = ','
     )]
     coordinator: Vec<String>,
+    /// TLS and credentials for https:// coordinators and coordinators that authenticate.
+    #[command(flatten)]
+    auth: ClientAuth,
     /// How to print data.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -93,6 +97,18 @@ enum Command {
     Drain { agent_id: String },
     /// End an agent's drain: it takes jobs again.
     Undrain { agent_id: String },
+    /// Make a bearer token: write it to --out (readable by you only) and print the entry
+    /// for the coordinator's access file, under `tokens:` (it keeps only the SHA-256).
+    Token {
+        /// Who the token is for: the name audit lines and job owners show.
+        name: String,
+        /// What it may do (repeatable): submit, read, admin, agent.
+        #[arg(long = "role", required = true)]
+        roles: Vec<AccessRole>,
+        /// Where to write the token (must not exist).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -124,13 +140,13 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 /// The first of the coordinators that answers.
-async fn connect(urls: &[String]) -> anyhow::Result<Channel> {
+async fn connect(urls: &[String], auth: &ClientAuth) -> anyhow::Result<Channel> {
     let mut last = anyhow!("no coordinator URL given");
+    let credentials = auth.credentials()?;
     for url in urls {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("invalid coordinator URL {url:?}"))?;
+        let endpoint = auth.endpoint(url)?;
         match endpoint.connect_timeout(std::time::Duration::from_secs(3)).connect().await {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => return Ok(Channel::new(channel, credentials)),
             Err(e) => last = anyhow::Error::new(e).context(format!("cannot reach the coordinator at {url}")),
         }
     }
@@ -143,7 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Format::Json => show::Format::Json,
         Format::Yaml => show::Format::Yaml,
     });
-    let channel = connect(&cli.coordinator).await?;
+    if let Command::Token { name, roles, out } = &cli.command {
+        return token(name, roles, out);
+    }
+    let channel = connect(&cli.coordinator, &cli.auth).await?;
     let mut jobs = JobServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     match cli.command {
         Command::Submit { file, wait, idempotency_key } => {
@@ -215,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.job(&job)?
         }
+        Command::Token { .. } => unreachable!("handled before connecting"),
         Command::Agents => {
             let agents = AdminServiceClient::new(channel).list_agents(ListAgentsRequest {}).await?.into_inner().agents;
             out.agents(&agents)?;
@@ -267,4 +287,26 @@ async fn follow(client: &mut JobServiceClient<Channel>, id: String, out: &Output
     }
     bar.finish_and_clear();
     last.ok_or_else(|| anyhow!("the coordinator ended the watch of job {id} without sending it"))
+}
+
+/// `baton token`: a new token in `out` (0600), its access-file entry on stdout.
+fn token(name: &str, roles: &[AccessRole], out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let token = new_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("--out {}", out.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", out.display()))?;
+    let roles: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+    println!(
+        "  - name: {}\n    roles: [{}]\n    sha256: {}",
+        serde_json::to_string(name)?,
+        roles.join(", "),
+        token_sha256(&token)
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,12 @@
 //! The gRPC services: decode, validate, call the coordinator, map errors — nothing more.
 
+use crate::access::{Access, Principal};
 use crate::core::JobFilter;
 use crate::record::NewJob;
 use crate::role::{Role, caller, forwarded, was_forwarded};
 use crate::secrets::Keyring;
 use crate::state::{AgentEntry, StateError};
+use baton_proto::access::AccessRole;
 use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
@@ -33,8 +35,19 @@ const MAX_PAGE: u32 = 1000;
 pub struct Api {
     /// Leader (serves) or follower (forwards clients, redirects agents).
     pub role: Arc<Role>,
+    /// Who may do what.
+    pub access: Arc<Access>,
     /// Ends the long-lived streams (agents, watches) so a graceful shutdown can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Api {
+    /// The caller, if it has `role`: UNAUTHENTICATED or PERMISSION_DENIED otherwise.
+    fn allow<T>(&self, req: &Request<T>, role: AccessRole, call: &str) -> Result<Principal, Status> {
+        let who = self.access.authenticate(req)?;
+        who.require(role, call)?;
+        Ok(who)
+    }
 }
 
 /// The coordinator when this one leads; otherwise the call goes to the leader as it is.
@@ -76,7 +89,7 @@ fn invalid(e: SpecError) -> Status {
 
 /// Checks one submit request and seals its secrets; `prefix` locates it inside a batch
 /// (`jobs[3].`).
-fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring) -> Result<NewJob, SpecError> {
+fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring, owner: &str) -> Result<NewJob, SpecError> {
     if req.idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
         return Err(SpecError::new(
             format!("{prefix}idempotencyKey"),
@@ -87,13 +100,15 @@ fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring) -> Resul
     baton_proto::spec::validate(&spec).map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
     let secrets =
         keyring.seal(&mut spec).map_err(|e| SpecError::new(format!("{prefix}spec.browser.secrets"), e.to_string()))?;
-    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, ..Default::default() })
+    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, owner: owner.to_string(), ..Default::default() })
 }
 
-/// One audit line per job a state-changing call touched: who, what, which job.
-fn audit<'a>(who: &str, call: &str, job_ids: impl IntoIterator<Item = &'a str>) {
+/// One audit line per job a state-changing call touched: who (the principal, and the
+/// address the call came from), what, which job.
+fn audit<'a>(who: &Principal, from: &str, call: &str, job_ids: impl IntoIterator<Item = &'a str>) {
+    let who = who.who();
     for job_id in job_ids {
-        tracing::info!(target: "baton::audit", who, call, job_id, "audit");
+        tracing::info!(target: "baton::audit", who, from, call, job_id, "audit");
     }
 }
 
@@ -113,17 +128,19 @@ fn client_context<T>(req: &Request<T>) -> opentelemetry::Context {
 #[tonic::async_trait]
 impl JobService for Api {
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
+        let who = self.allow(&req, AccessRole::Submit, "SubmitJob")?;
         let coordinator = lead_or_forward!(self, req, jobs.submit_job);
-        let (cx, who) = (client_context(&req), caller(&req));
-        let one = check_submit(req.into_inner(), "", &coordinator.config.keyring).map_err(invalid)?;
+        let (cx, from) = (client_context(&req), caller(&req));
+        let one = check_submit(req.into_inner(), "", &coordinator.config.keyring, &who.name).map_err(invalid)?;
         let mut jobs = coordinator.submit(vec![one], &cx).await;
-        audit(&who, "SubmitJob", jobs.iter().map(|j| j.id.as_str()));
+        audit(&who, &from, "SubmitJob", jobs.iter().map(|j| j.id.as_str()));
         jobs.pop().map(Response::new).ok_or_else(|| Status::internal("submitted job vanished"))
     }
 
     async fn submit_jobs(&self, req: Request<SubmitJobsRequest>) -> Result<Response<SubmitJobsResponse>, Status> {
+        let who = self.allow(&req, AccessRole::Submit, "SubmitJobs")?;
         let coordinator = lead_or_forward!(self, req, jobs.submit_jobs);
-        let (cx, who) = (client_context(&req), caller(&req));
+        let (cx, from) = (client_context(&req), caller(&req));
         let jobs = req.into_inner().jobs;
         if jobs.is_empty() {
             return Err(Status::invalid_argument("jobs: must not be empty"));
@@ -134,22 +151,33 @@ impl JobService for Api {
         let checked = jobs
             .into_iter()
             .enumerate()
-            .map(|(i, r)| check_submit(r, &format!("jobs[{i}]."), &coordinator.config.keyring))
+            .map(|(i, r)| check_submit(r, &format!("jobs[{i}]."), &coordinator.config.keyring, &who.name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let jobs = coordinator.submit(checked, &cx).await;
-        audit(&who, "SubmitJobs", jobs.iter().map(|j| j.id.as_str()));
+        audit(&who, &from, "SubmitJobs", jobs.iter().map(|j| j.id.as_str()));
         Ok(Response::new(SubmitJobsResponse { jobs }))
     }
 
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let who = self.access.authenticate(&req)?;
         let coordinator = lead_or_forward!(self, req, jobs.get_job);
         let id = req.into_inner().id;
         require_id(&id, "id")?;
-        Ok(Response::new(coordinator.get(&id).await?))
+        let job = coordinator.get(&id).await?;
+        who.require_job(&job.owner, AccessRole::Read, "GetJob")?;
+        Ok(Response::new(job))
     }
 
     async fn list_jobs(&self, req: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let who = self.access.authenticate(&req)?;
+        // Who may not see every job sees its own.
+        let owner = if who.sees_all() {
+            None
+        } else {
+            who.require(AccessRole::Submit, "ListJobs")?;
+            Some(who.name.clone())
+        };
         let coordinator = lead_or_forward!(self, req, jobs.list_jobs);
         let req = req.into_inner();
         if req.page_size > MAX_PAGE {
@@ -179,7 +207,7 @@ impl JobService for Api {
             Ok(JobView::Full) => true,
             Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
         };
-        let filter = JobFilter { states, labels: req.labels };
+        let filter = JobFilter { states, labels: req.labels, owner };
         let (jobs, next) = coordinator.list(&filter, before, page_size, full).await?;
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }
@@ -187,6 +215,7 @@ impl JobService for Api {
     type WatchJobStream = BoxStream<Job>;
 
     async fn watch_job(&self, req: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = self.access.authenticate(&req)?;
         let Some(coordinator) = self.role.coordinator() else {
             if was_forwarded(&req) {
                 return Err(not_leading());
@@ -199,6 +228,7 @@ impl JobService for Api {
         let id = req.into_inner().id;
         require_id(&id, "id")?;
         let (job, rx) = coordinator.watch(&id).await?;
+        who.require_job(&job.owner, AccessRole::Read, "WatchJob")?;
         let Some(rx) = rx else {
             return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(job) }))));
         };
@@ -212,17 +242,19 @@ impl JobService for Api {
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let who = self.access.authenticate(&req)?;
         let coordinator = lead_or_forward!(self, req, jobs.cancel_job);
-        let who = caller(&req);
+        let from = caller(&req);
         let req = req.into_inner();
         require_id(&req.id, "id")?;
+        who.require_job(&coordinator.get(&req.id).await?.owner, AccessRole::Admin, "CancelJob")?;
         if req.reason.chars().count() > MAX_CANCEL_REASON_CHARS {
             return Err(Status::invalid_argument(format!(
                 "reason: must be at most {MAX_CANCEL_REASON_CHARS} characters"
             )));
         }
         let job = coordinator.cancel(&req.id, &req.reason).await?;
-        audit(&who, "CancelJob", [job.id.as_str()]);
+        audit(&who, &from, "CancelJob", [job.id.as_str()]);
         Ok(Response::new(job))
     }
 }
@@ -244,28 +276,31 @@ fn agent_view(a: AgentEntry) -> Agent {
 #[tonic::async_trait]
 impl AdminService for Api {
     async fn list_agents(&self, req: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        self.allow(&req, AccessRole::Read, "ListAgents")?;
         let coordinator = lead_or_forward!(self, req, admin.list_agents);
         let agents = coordinator.agents().into_iter().map(agent_view).collect();
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
     async fn drain_agent(&self, req: Request<DrainAgentRequest>) -> Result<Response<Agent>, Status> {
+        let who = self.allow(&req, AccessRole::Admin, "DrainAgent")?;
         let coordinator = lead_or_forward!(self, req, admin.drain_agent);
-        let who = caller(&req);
+        let from = caller(&req);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
         let agent = coordinator.drain(&id, true).await?;
-        tracing::info!(target: "baton::audit", who = %who, call = "DrainAgent", agent_id = %id, "audit");
+        tracing::info!(target: "baton::audit", who = who.who(), from, call = "DrainAgent", agent_id = %id, "audit");
         Ok(Response::new(agent_view(agent)))
     }
 
     async fn undrain_agent(&self, req: Request<UndrainAgentRequest>) -> Result<Response<Agent>, Status> {
+        let who = self.allow(&req, AccessRole::Admin, "UndrainAgent")?;
         let coordinator = lead_or_forward!(self, req, admin.undrain_agent);
-        let who = caller(&req);
+        let from = caller(&req);
         let id = req.into_inner().agent_id;
         require_id(&id, "agentId")?;
         let agent = coordinator.drain(&id, false).await?;
-        tracing::info!(target: "baton::audit", who = %who, call = "UndrainAgent", agent_id = %id, "audit");
+        tracing::info!(target: "baton::audit", who = who.who(), from, call = "UndrainAgent", agent_id = %id, "audit");
         Ok(Response::new(agent_view(agent)))
     }
 }
@@ -278,6 +313,7 @@ impl AgentService for Api {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectAgentStream>, Status> {
+        let who = self.allow(&req, AccessRole::Agent, "ConnectAgent")?;
         let Some(coordinator) = self.role.coordinator().cloned() else { return Err(self.role.redirect_agent()) };
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
@@ -286,6 +322,15 @@ impl AgentService for Api {
         };
         if hello.agent_id.is_empty() {
             return Err(Status::invalid_argument("hello.agentId: is required"));
+        }
+        // An authenticated agent's id is its identity (or under it, `name/...`: agents that
+        // share one pool certificate), never a free claim.
+        if !who.name.is_empty() && hello.agent_id != who.name && !hello.agent_id.starts_with(&format!("{}/", who.name))
+        {
+            return Err(Status::permission_denied(format!(
+                "hello.agentId: must be {0} or start with {0}/ (the identity this agent authenticated as)",
+                who.name
+            )));
         }
         if hello.slots == 0 || hello.slots > MAX_SLOTS {
             return Err(Status::invalid_argument(format!("hello.slots: must be between 1 and {MAX_SLOTS}")));

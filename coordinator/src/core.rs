@@ -369,8 +369,6 @@ impl Coordinator {
 
     // ---- jobs -------------------------------------------------------------------------
 
-    /// Accepts validated specs; an idempotency key already seen returns its job. The
-    /// returned jobs are durable.
     /// Accepts checked submissions (spec validated, secrets sealed); the coordinator gives
     /// each its id and trace. An idempotency key already seen returns its job. The returned
     /// jobs are durable.
@@ -383,7 +381,9 @@ impl Coordinator {
             let mut actions = Vec::new();
             for mut new in requests {
                 let key = &new.idempotency_key;
-                if let Some(existing) = (!key.is_empty()).then(|| state.job_by_key(key)).flatten() {
+                if let Some(existing) =
+                    (!key.is_empty()).then(|| state.job_by_key(&crate::record::scoped_key(&new.owner, key))).flatten()
+                {
                     ids.push(existing.id.clone());
                     continue;
                 }
@@ -621,11 +621,14 @@ pub struct JobFilter {
     pub states: Vec<i32>,
     /// All of these spec labels.
     pub labels: HashMap<String, String>,
+    /// Only this principal's jobs (a caller who may see only its own).
+    pub owner: Option<String>,
 }
 
 impl JobFilter {
     fn matches(&self, job: &JobRecord) -> bool {
         (self.states.is_empty() || self.states.contains(&job.state))
+            && self.owner.as_ref().is_none_or(|owner| *owner == job.owner)
             && (self.labels.is_empty() || {
                 let labels = job.spec().labels;
                 self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))

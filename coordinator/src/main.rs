@@ -1,11 +1,14 @@
 //! `baton-coordinator --listen ADDR [--data-dir DIR | --store etcd --etcd-endpoints URL,...]`
 
 use anyhow::Context as _;
+use baton_coordinator::access::Access;
 use baton_coordinator::core::Config;
 use baton_coordinator::secrets::{Keyring, generate_key_file};
-use baton_coordinator::server::{Ended, Listeners, Mode, serve};
+use baton_coordinator::server::{Ended, Listeners, Mode, Security, serve};
 use baton_coordinator::state::Retention;
 use baton_coordinator::store::{EtcdStore, RedbStore};
+use baton_coordinator::tls::{Tls, TlsFiles};
+use baton_proto::client::ClientAuth;
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +66,28 @@ struct Args {
     /// An older secrets key that still opens jobs sealed with it (repeatable): rotation.
     #[arg(long)]
     secrets_old_key_file: Vec<PathBuf>,
+    /// Serve TLS with this certificate (PEM, with its chain); re-read when it changes.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Client certificates signed by this CA (PEM) authenticate: agents, named by the
+    /// certificate's common name (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "BATON_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Who may do what: bearer tokens (by SHA-256) and certificate names with their roles
+    /// (YAML; re-read when it changes). With it or --client-ca every call must authenticate.
+    #[arg(long, env = "BATON_ACCESS_FILE")]
+    access_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the other coordinators' certificates: how a follower
+    /// checks its leader (https:// advertise URLs, with --store etcd).
+    #[arg(long, env = "BATON_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or without authentication (a network
+    /// you trust entirely, e.g. a pod network with policies).
+    #[arg(long, env = "BATON_INSECURE")]
+    insecure: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -85,17 +110,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(id) = keyring.current_id() {
         tracing::info!(key_id = id, "jobs' secrets are sealed in the store");
     }
+    // Decided before binding: a refused configuration never listens, even for a moment.
+    let addrs: Vec<_> =
+        tokio::net::lookup_host(&args.listen).await.with_context(|| format!("--listen {}", args.listen))?.collect();
+    let security = security(&args, addrs.iter().all(|a| a.ip().is_loopback()))?;
+    let grpc = tokio::net::TcpListener::bind(&*addrs).await.with_context(|| format!("binding {}", args.listen))?;
+    let scheme = if security.tls.is_some() { "https" } else { "http" };
     let mode = match args.store {
         StoreKind::Embedded => Mode::Embedded(Arc::new(
             RedbStore::open(&args.data_dir).with_context(|| format!("opening {}", args.data_dir.display()))?,
         )),
         StoreKind::Etcd => Mode::Etcd {
             store: Box::new(EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix).await?),
-            advertise_url: args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
+            advertise_url: args.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{}", args.listen)),
             leader_lease: args.leader_lease,
+            peers: ClientAuth { tls_ca: args.tls_ca.clone(), ..Default::default() },
         },
     };
-    let grpc = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let metrics = match &args.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?,
@@ -116,10 +147,38 @@ async fn main() -> anyhow::Result<()> {
         timings: Default::default(),
         keyring,
     };
-    if serve(Listeners { grpc, metrics }, mode, config, shutdown).await? == Ended::LostLeadership {
+    if serve(Listeners { grpc, metrics }, mode, config, security, shutdown).await? == Ended::LostLeadership {
         restart_as_follower();
     }
     Ok(())
+}
+
+/// TLS and who may call. A loopback listener may stay plaintext and open (the quick
+/// start); any other needs TLS and authentication unless --insecure says otherwise.
+fn security(args: &Args, loopback: bool) -> anyhow::Result<Security> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Tls::load(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.client_ca.clone() })?)
+        }
+        _ => None,
+    };
+    let authenticated = args.access_file.is_some() || args.client_ca.is_some();
+    if !loopback && !args.insecure {
+        if tls.is_none() {
+            anyhow::bail!(
+                "--listen {}: not a loopback address, so it needs TLS (--tls-cert and --tls-key), or --insecure",
+                args.listen
+            );
+        }
+        if !authenticated {
+            anyhow::bail!(
+                "--listen {}: not a loopback address, so callers must authenticate (--access-file or --client-ca), or --insecure",
+                args.listen
+            );
+        }
+    }
+    let access = if authenticated { Access::required(args.access_file.clone())? } else { Access::open() };
+    Ok(Security { tls, access: Arc::new(access) })
 }
 
 /// The secrets keys: the given files, or with the embedded store DATA_DIR/secrets.key

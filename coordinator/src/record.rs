@@ -26,12 +26,14 @@ pub struct NewJob {
     pub traceparent: String,
     pub trace_id: String,
     pub secrets: Option<SealedSecrets>,
+    /// Who submitted it (empty without authentication).
+    pub owner: String,
 }
 
 impl JobRecord {
     /// A new queued job.
     pub fn queued(seq: u64, new: NewJob) -> Self {
-        let NewJob { id, spec, idempotency_key, traceparent, trace_id, secrets } = new;
+        let NewJob { id, spec, idempotency_key, traceparent, trace_id, secrets, owner } = new;
         Self {
             id,
             seq,
@@ -45,6 +47,7 @@ impl JobRecord {
             traceparent,
             trace_id,
             secrets,
+            owner,
             ..Default::default()
         }
     }
@@ -58,6 +61,16 @@ impl JobRecord {
     pub fn placement(&self) -> Placement {
         Placement::of(&self.spec())
     }
+
+    /// The job's idempotency key as the coordinator indexes it.
+    pub fn scoped_key(&self) -> String {
+        scoped_key(&self.owner, &self.idempotency_key)
+    }
+}
+
+/// Idempotency keys are per owner: one principal's key never returns another's job.
+pub fn scoped_key(owner: &str, key: &str) -> String {
+    if owner.is_empty() { key.to_string() } else { format!("{owner}\0{key}") }
 }
 
 /// The job as clients see it.
@@ -78,5 +91,6 @@ pub fn view(record: &JobRecord, result: Option<JobResult>, progress: Option<&Pro
         trace_id: record.trace_id.clone(),
         cancel_requested: record.cancel_requested,
         assigned_at: record.assigned_at,
+        owner: record.owner.clone(),
     }
 }

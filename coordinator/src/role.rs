@@ -7,11 +7,12 @@
 
 use crate::core::Coordinator;
 use baton_proto::LEADER_METADATA;
+use baton_proto::client::{AUTHORIZATION, ClientAuth};
 use baton_proto::v1::admin_service_client::AdminServiceClient;
 use baton_proto::v1::job_service_client::JobServiceClient;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 pub struct Role {
@@ -20,6 +21,8 @@ pub struct Role {
     leader_url: watch::Receiver<Option<String>>,
     /// This coordinator's own advertise URL: never forwarded to.
     own_url: String,
+    /// How to reach the leader (TLS files for `https://` URLs).
+    peers: ClientAuth,
     /// A channel to the leader, kept while it leads.
     channel: Mutex<Option<(String, Channel)>>,
 }
@@ -27,13 +30,13 @@ pub struct Role {
 impl Role {
     /// Leads from the start (the embedded store).
     pub fn leading(coordinator: Arc<Coordinator>) -> Self {
-        let role = Self::following(watch::channel(None).1, String::new());
+        let role = Self::following(watch::channel(None).1, String::new(), ClientAuth::default());
         role.lead(coordinator);
         role
     }
 
-    pub fn following(leader_url: watch::Receiver<Option<String>>, own_url: String) -> Self {
-        Self { leader: OnceLock::new(), leader_url, own_url, channel: Mutex::new(None) }
+    pub fn following(leader_url: watch::Receiver<Option<String>>, own_url: String, peers: ClientAuth) -> Self {
+        Self { leader: OnceLock::new(), leader_url, own_url, peers, channel: Mutex::new(None) }
     }
 
     /// Won the election and loaded the state: serve from now on.
@@ -63,8 +66,8 @@ impl Role {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::internal(format!("the leader's advertise URL {url:?} is not a URL: {e}")))?;
+        let endpoint =
+            self.peers.endpoint(&url).map_err(|e| Status::internal(format!("cannot reach the leader: {e}")))?;
         // A leader that stops answering (paused, cut off) fails forwarded calls within ~3 s.
         let channel = endpoint
             .tcp_nodelay(true)
@@ -121,15 +124,16 @@ pub fn was_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_METADATA)
 }
 
-/// The call as it goes on to the leader: the message, the caller's trace context, and the
-/// mark that it was forwarded, naming the caller (for the leader's audit log).
+/// The call as it goes on to the leader: the message, the caller's credentials (the
+/// leader checks them again) and trace context, and the mark that it was forwarded,
+/// naming the caller's address (for the leader's audit log).
 pub fn forwarded<T>(request: Request<T>) -> Request<T> {
     let caller = caller(&request);
     let (metadata, _, message) = request.into_parts();
     let mut onward = Request::new(message);
     let mark = caller.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("unknown"));
     onward.metadata_mut().insert(FORWARDED_METADATA, mark);
-    for key in ["traceparent", "tracestate"] {
+    for key in [AUTHORIZATION, "traceparent", "tracestate"] {
         if let Some(value) = metadata.get(key) {
             onward.metadata_mut().insert(key, value.clone());
         }

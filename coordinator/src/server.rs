@@ -2,11 +2,13 @@
 //! server reflection (v1 and v1alpha), until `shutdown` fires or, on etcd, leadership is
 //! lost.
 
+use crate::access::Access;
 use crate::api::Api;
 use crate::core::{Config, Coordinator};
 use crate::leader::Election;
 use crate::role::Role;
 use crate::store::{EtcdStore, Store};
+use crate::tls::{RELOAD_EVERY, Tls};
 use baton_proto::limits::MAX_AGENT_MESSAGE_BYTES;
 use baton_proto::v1::{
     admin_service_server::AdminServiceServer, agent_service_server::AgentServiceServer,
@@ -28,7 +30,13 @@ pub enum Mode {
     /// The embedded store: this coordinator leads from the start.
     Embedded(Arc<dyn Store>),
     /// Several coordinators on one etcd: follow (forwarding) until elected, then lead.
-    Etcd { store: Box<EtcdStore>, advertise_url: String, leader_lease: Duration },
+    Etcd {
+        store: Box<EtcdStore>,
+        advertise_url: String,
+        leader_lease: Duration,
+        /// How a follower reaches the leader (TLS with `https://` advertise URLs).
+        peers: baton_proto::client::ClientAuth,
+    },
 }
 
 /// Why serving ended.
@@ -46,13 +54,23 @@ pub struct Listeners {
     pub metrics: Option<tokio::net::TcpListener>,
 }
 
+/// How callers reach the coordinator and prove who they are.
+pub struct Security {
+    /// TLS on the gRPC listener (plaintext without).
+    pub tls: Option<Arc<Tls>>,
+    /// Who may do what.
+    pub access: Arc<Access>,
+}
+
 pub async fn serve(
     listeners: Listeners,
     mode: Mode,
     config: Config,
+    security: Security,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
     let Listeners { grpc: listener, metrics } = listeners;
+    let Security { tls, access } = security;
     let timings = config.timings.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     // Liveness (`grpc.health.v1` service "liveness") says only that this process answers
@@ -64,11 +82,11 @@ pub async fn serve(
     let stop = shutdown.child_token();
     let role = match mode {
         Mode::Embedded(store) => Arc::new(Role::leading(start(store, config, health).await?)),
-        Mode::Etcd { store, advertise_url, leader_lease } => {
+        Mode::Etcd { store, advertise_url, leader_lease, peers } => {
             // A follower serves (it forwards); as the leader, health follows the store.
             set_health(&health, ServingStatus::Serving).await;
             let (leader_url, follow) = watch::channel(None);
-            let role = Arc::new(Role::following(follow, advertise_url.clone()));
+            let role = Arc::new(Role::following(follow, advertise_url.clone(), peers));
             let election = Election::new(store.client(), store.prefix(), advertise_url, leader_lease);
             let lead = lead_when_elected(role.clone(), election, leader_url, store, config, health);
             let stop = stop.clone();
@@ -85,7 +103,8 @@ pub async fn serve(
         let scrape = baton_proto::metrics::Scrape { registry: crate::metrics::registry(timings, role.clone()) };
         tokio::spawn(baton_proto::metrics::serve(metrics, Arc::new(scrape), stop.clone()));
     }
-    let api = Api { role, shutdown: stop.clone() };
+    tokio::spawn(reload_files(tls.clone(), access.clone(), stop.clone()));
+    let api = Api { role, access, shutdown: stop.clone() };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -96,10 +115,8 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "coordinator listening");
-    // Small messages (assignments, acks) must not wait for Nagle's algorithm: ~40 ms stalls.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    tracing::info!(%addr, tls = tls.is_some(), "coordinator listening");
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -111,8 +128,20 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(api.clone()))
-        .serve_with_incoming_shutdown(incoming, stop.cancelled());
+        .add_service(AdminServiceServer::new(api.clone()));
+    let server = async {
+        match tls {
+            Some(tls) => {
+                let incoming = crate::tls::incoming(listener, tls, stop.clone());
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await
+            }
+            None => {
+                // Small messages (assignments, acks) must not wait for Nagle's algorithm: ~40 ms stalls.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await
+            }
+        }
+    };
     // Calls still waiting for a commit when leadership is lost would wait for ever (their
     // changes will never be durable here): they get a moment, then the connections close
     // and their callers hear nothing was acknowledged.
@@ -127,6 +156,27 @@ pub async fn serve(
         coordinator.log_store_statistics();
     }
     Ok(if shutdown.is_cancelled() { Ended::Shutdown } else { Ended::LostLeadership })
+}
+
+/// Looks at the TLS files and the access file every [`RELOAD_EVERY`]: a rotated
+/// certificate or a changed token list applies without a restart.
+async fn reload_files(tls: Option<Arc<Tls>>, access: Arc<Access>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(RELOAD_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                let (tls, access) = (tls.clone(), access.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(tls) = tls {
+                        tls.reload();
+                    }
+                    access.reload();
+                })
+                .await;
+            }
+        }
+    }
 }
 
 /// Loads the state and starts the coordinator's writer and timers; health follows the

@@ -265,7 +265,7 @@ impl State {
             state.next_seq = state.next_seq.max(job.seq + 1);
             let id = job.id.clone();
             if !job.idempotency_key.is_empty() {
-                state.by_key.insert(job.idempotency_key.clone(), job.seq);
+                state.by_key.insert(job.scoped_key(), job.seq);
             }
             state.seqs.insert(id.clone(), job.seq);
             match job.state() {
@@ -316,6 +316,7 @@ impl State {
         self.progress.get(id)
     }
 
+    /// The job submitted with this idempotency key ([`crate::record::scoped_key`]).
     pub fn job_by_key(&self, key: &str) -> Option<&JobRecord> {
         self.by_key.get(key).and_then(|seq| self.records.get(seq)).map(|job| &**job)
     }
@@ -401,7 +402,7 @@ impl State {
         let id = new.id.clone();
         let job = JobRecord::queued(seq, new);
         if !job.idempotency_key.is_empty() {
-            self.by_key.insert(job.idempotency_key.clone(), seq);
+            self.by_key.insert(job.scoped_key(), seq);
         }
         self.seqs.insert(id.clone(), seq);
         self.enqueue(&job);
@@ -749,7 +750,7 @@ impl State {
             let Some(job) = self.records.remove(&seq) else { continue };
             self.seqs.remove(&job.id);
             if !job.idempotency_key.is_empty() {
-                self.by_key.remove(&job.idempotency_key);
+                self.by_key.remove(&job.scoped_key());
             }
             actions.push(Action::Remove(job.id));
         }

@@ -7,8 +7,11 @@
 //! percentile definition of every report, and
 //! [`context`] is what an engine receives when it runs a job; [`telemetry`] (feature
 //! `telemetry`) sets up logs and OTLP trace export for the binaries, [`metrics`] (same
-//! feature) serves their Prometheus endpoint.
+//! feature) serves their Prometheus endpoint; [`client`] is how every client reaches a
+//! coordinator (TLS, client certificates, bearer tokens), [`access`] the roles and tokens.
 
+pub mod access;
+pub mod client;
 pub mod context;
 pub mod job;
 pub mod limits;

@@ -5,7 +5,9 @@ use crate::browser::at_site;
 use baton_proto::v1::{
     BrowserStep, CancelJobRequest, JobState, SubmitJobRequest, WaitStep, browser_step, job_spec, wait_step,
 };
-use baton_tests::{Cluster, Etcd, Jaeger, Proc, Site, bin, example, free_port};
+use baton_tests::{
+    Cluster, Etcd, Jaeger, Proc, Site, TempDir, TestCa, bin, eventually, example, free_port, tool, workspace,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -118,6 +120,250 @@ async fn coordinators_on_etcd_without_a_secrets_key_refuse_jobs_with_secrets_and
     for call in ["SubmitJob", "CancelJob"] {
         let line = log.lines().find(|l| l.contains(&format!("call=\"{call}\" job_id=\"{id}\"")));
         let line = line.unwrap_or_else(|| panic!("no audit line for {call} of {id}:\n{log}"));
-        assert!(line.contains("audit who=\"127.0.0.1:"), "{line}");
+        assert!(line.contains("audit who=\"anonymous\" from=\"127.0.0.1:"), "{line}");
     }
+}
+
+/// Coordinators serving TLS with client certificates and an access file (tokens for alice
+/// and bob: submit, reader: read, root: admin), and the `baton` CLI run against them.
+struct Secured {
+    dir: TempDir,
+    /// The first coordinator's URL and port.
+    url: String,
+    port: u16,
+    ports: Vec<u16>,
+    ca: TestCa,
+    /// The serving certificate and key files (shared by the coordinators).
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    coordinators: Vec<Proc>,
+}
+
+impl Secured {
+    /// `n` coordinators with `extra` flags; waits until the first answers.
+    async fn start(n: usize, extra: &[&str]) -> Self {
+        let dir = TempDir::new("tls");
+        let ca = TestCa::new(&dir.0, "ca");
+        let (cert, key) = ca.issue("coordinator", "coordinator", &["127.0.0.1", "localhost"]);
+        // `baton token` makes each token file and prints its access-file entry.
+        let mut access = String::from("tokens:\n");
+        for (name, role) in [("alice", "submit"), ("bob", "submit"), ("reader", "read"), ("root", "admin")] {
+            let out = std::process::Command::new(bin("baton"))
+                .args(["token", name, "--role", role, "--out"])
+                .arg(dir.0.join(format!("{name}.token")))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            access.push_str(&String::from_utf8(out.stdout).unwrap());
+        }
+        let token = std::fs::read_to_string(dir.0.join("alice.token")).unwrap();
+        assert!(!access.contains(token.trim()), "the access file holds only hashes:\n{access}");
+        std::fs::write(dir.0.join("wrong.token"), "baton_not-a-real-token\n").unwrap();
+        let access_file = dir.0.join("access.yaml");
+        std::fs::write(&access_file, &access).unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let coordinators = (0..n)
+            .map(|i| {
+                let mut cmd = std::process::Command::new(bin("baton-coordinator"));
+                cmd.args(["--listen", &format!("127.0.0.1:{}", ports[i]), "--data-dir"])
+                    .arg(dir.0.join(format!("data-{i}")));
+                cmd.arg("--advertise-url").arg(format!("https://127.0.0.1:{}", ports[i]));
+                cmd.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key).arg("--client-ca").arg(&ca.cert);
+                cmd.arg("--access-file").arg(&access_file).arg("--tls-ca").arg(&ca.cert).args(extra);
+                Proc::spawn(&format!("coordinator-{i}"), cmd, &dir.0)
+            })
+            .collect();
+        let url = format!("https://127.0.0.1:{}", ports[0]);
+        let s = Self { url, port: ports[0], ports, ca, cert, key, coordinators, dir };
+        eventually(Duration::from_secs(20), "the TLS coordinator to answer", || async {
+            (s.baton(Some("root"), &["agents"]).0 == 0).then_some(())
+        })
+        .await;
+        s
+    }
+
+    fn token(&self, name: &str) -> std::path::PathBuf {
+        self.dir.0.join(format!("{name}.token"))
+    }
+
+    /// `baton --coordinator URL --tls-ca CA [--token-file NAME.token] ARGS`: (exit code, stdout + stderr).
+    fn baton(&self, token: Option<&str>, args: &[&str]) -> (i32, String) {
+        self.baton_with(&self.url, &self.ca.cert, token, args)
+    }
+
+    fn baton_with(&self, url: &str, ca: &Path, token: Option<&str>, args: &[&str]) -> (i32, String) {
+        let mut cmd = std::process::Command::new(bin("baton"));
+        cmd.arg("--coordinator").arg(url);
+        if url.starts_with("https") {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        if let Some(name) = token {
+            cmd.arg("--token-file").arg(self.token(name));
+        }
+        let out = cmd.args(args).output().expect("running baton");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn agent(&self, name: &str, cert: Option<(&Path, &Path)>) -> Proc {
+        let mut cmd = std::process::Command::new(bin("baton-agent"));
+        cmd.args(["--coordinator", &self.url, "--name", name, "--tls-ca"]).arg(&self.ca.cert);
+        if let Some((cert, key)) = cert {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        Proc::spawn(&name.replace('/', "-"), cmd, &self.dir.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_who_belongs_gets_in_over_tls_with_tokens_and_client_certificates() {
+    let s = Secured::start(1, &[]).await;
+    let (port, token) = (s.port, std::fs::read_to_string(s.token("alice")).unwrap());
+    let (cert, key) = (s.cert.clone(), s.key.clone());
+
+    // Plaintext, no credentials, an unknown token, a wrong role: refused, each saying why.
+    let (code, out) = s.baton_with(&format!("http://127.0.0.1:{port}"), &s.ca.cert, Some("root"), &["list"]);
+    assert_ne!(code, 0, "plaintext got in: {out}");
+    let (code, out) = s.baton(None, &["list"]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            1,
+            "error: unauthenticated: this coordinator needs a bearer token (authorization: Bearer <token>) or a client certificate"
+        )
+    );
+    let (_, out) = s.baton(Some("wrong"), &["list"]);
+    assert_eq!(out.trim(), "error: unauthenticated: authorization: the bearer token is not in the access file");
+    let hello = workspace().join("examples/hello.json");
+    let hello = hello.to_str().unwrap();
+    let (_, out) = s.baton(Some("reader"), &["submit", hello]);
+    assert_eq!(out.trim(), "error: permission denied: reader may not call SubmitJob: it needs the submit role");
+
+    // Submitters see and cancel only their own jobs; readers see all; admins change all.
+    let (code, out) = s.baton(Some("alice"), &["submit", hello, "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["owner"], "alice");
+    let (_, out) = s.baton(Some("bob"), &["get", &id]);
+    assert_eq!(
+        out.trim(),
+        "error: permission denied: bob may not call GetJob on another's job: it needs the read role"
+    );
+    let (_, out) = s.baton(Some("bob"), &["cancel", &id]);
+    assert!(out.contains("bob may not call CancelJob on another's job: it needs the admin role"), "{out}");
+    let (_, out) = s.baton(Some("bob"), &["list", "-o", "json"]);
+    assert!(!out.contains(&id), "bob lists alice's job:\n{out}");
+    for who in ["alice", "reader", "root"] {
+        let (code, out) = s.baton(Some(who), &["list", "-o", "json"]);
+        assert!(code == 0 && out.contains(&id), "{who} does not list the job:\n{out}");
+    }
+    let (_, out) = s.baton(Some("alice"), &["drain", "x"]);
+    assert_eq!(out.trim(), "error: permission denied: alice may not call DrainAgent: it needs the admin role");
+
+    // The agent is who its certificate says; it may not claim another name; without a
+    // certificate it does not get in.
+    let (agent_cert, agent_key) = s.ca.issue("pool-a", "pool-a", &[]);
+    let _agent = s.agent("pool-a/1", Some((&agent_cert, &agent_key)));
+    let _impostor = s.agent("pool-b", Some((&agent_cert, &agent_key)));
+    let anonymous = s.agent("pool-a/2", None);
+    let job = eventually(Duration::from_secs(30), "alice's job to succeed on the agent", || async {
+        let (_, out) = s.baton(Some("alice"), &["get", &id, "-o", "json"]);
+        let job: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (job["state"] == "JOB_STATE_SUCCEEDED").then_some(job)
+    })
+    .await;
+    assert_eq!(job["agentId"], "pool-a/1");
+    let impostor = eventually(Duration::from_secs(10), "the impostor to be refused", || async {
+        let log = std::fs::read_to_string(s.dir.0.join("pool-b.log")).ok()?;
+        log.contains("hello.agentId: must be pool-a or start with pool-a/").then_some(())
+    });
+    impostor.await;
+    eventually(Duration::from_secs(10), "the agent without a certificate to be refused", || async {
+        anonymous.log().contains("this coordinator needs a bearer token").then_some(())
+    })
+    .await;
+    let (_, out) = s.baton(Some("root"), &["agents", "-o", "json"]);
+    assert!(out.contains("\"pool-a/1\"") && !out.contains("pool-b") && !out.contains("pool-a/2"), "{out}");
+    let (code, out) = s.baton(Some("root"), &["drain", "pool-a/1"]);
+    assert_eq!(code, 0, "{out}");
+
+    // grpcurl speaks TLS with the CA and sends the token as a header, as the README shows.
+    let grpcurl = |headers: &[String]| {
+        let mut cmd = std::process::Command::new(tool("grpcurl"));
+        cmd.arg("-cacert").arg(&s.ca.cert);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(format!("127.0.0.1:{}", s.port)).arg("baton.v1.JobService/ListJobs").output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let bearer = format!("authorization: Bearer {}", std::fs::read_to_string(s.token("reader")).unwrap().trim());
+    assert!(grpcurl(&[bearer]).contains(&id));
+    assert!(grpcurl(&[]).contains("Code: Unauthenticated"));
+
+    // Every state-changing call is audited under the principal's name.
+    let log = s.coordinators[0].log();
+    for (who, call) in [("alice", "SubmitJob"), ("root", "DrainAgent")] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("audit who=\"{who}\"")) && l.contains(&format!("call=\"{call}\""))),
+            "no audit line for {who}'s {call}:\n{log}"
+        );
+    }
+    assert!(!log.contains(token.trim()), "a token reached the log");
+
+    // Rotation: a certificate from another CA written over the files serves new connections
+    // within a reload period, without a restart; the old CA no longer verifies it.
+    let new_ca = TestCa::new(&s.dir.0, "new-ca");
+    let (new_cert, new_key) = new_ca.issue("rotated", "coordinator", &["127.0.0.1"]);
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    eventually(Duration::from_secs(15), "the rotated certificate to serve", || async {
+        (s.baton_with(&s.url, &new_ca.cert, Some("root"), &["agents"]).0 == 0).then_some(())
+    })
+    .await;
+    let (code, out) = s.baton(Some("root"), &["agents"]);
+    assert_ne!(code, 0, "the old CA still verifies the coordinator: {out}");
+
+    // A listener other than loopback is refused without TLS and authentication (before it binds).
+    let out = std::process::Command::new(bin("baton-coordinator"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(s.dir.0.join("open"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--listen 0.0.0.0:0: not a loopback address, so it needs TLS (--tls-cert and --tls-key), or --insecure"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_over_tls_and_the_leader_checks_the_token_again() {
+    let etcd = Etcd::start().await;
+    let s = Secured::start(2, &etcd.coordinator_args()).await;
+    let leader = eventually(Duration::from_secs(20), "a leader", || async { etcd.leader_url() }).await;
+    let follower = (0..2).find(|i| format!("https://127.0.0.1:{}", s.ports[*i]) != leader).unwrap();
+    let via = format!("https://127.0.0.1:{}", s.ports[follower]);
+    let hello = workspace().join("examples/hello.json");
+    let hello = hello.to_str().unwrap();
+    // The follower reaches its https:// leader with --tls-ca; the token goes along and the
+    // leader checks it again, so the job is alice's and the leader's audit names her.
+    let (code, out) = s.baton_with(&via, &s.ca.cert, Some("alice"), &["submit", hello, "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["owner"], "alice");
+    let id = job["id"].as_str().unwrap();
+    let audited = s.coordinators[1 - follower].log();
+    assert!(
+        audited.lines().any(|l| l.contains("audit who=\"alice\"") && l.contains(&format!("job_id=\"{id}\""))),
+        "the leader did not audit alice's submit:\n{audited}"
+    );
+    let (_, out) = s.baton_with(&via, &s.ca.cert, Some("reader"), &["submit", hello]);
+    assert_eq!(out.trim(), "error: permission denied: reader may not call SubmitJob: it needs the submit role");
+    let (_, out) = s.baton_with(&via, &s.ca.cert, Some("wrong"), &["list"]);
+    assert_eq!(out.trim(), "error: unauthenticated: authorization: the bearer token is not in the access file");
 }
