@@ -17,7 +17,7 @@ ROOT=$PWD
 source deploy/check.sh
 [ -x .tools/bin/etcd ] || bash deploy/install.sh
 CACHE=$(bash deploy/kube-tools.sh | tail -1)
-export PATH="$CACHE/bin:$ROOT/.tools/bin:$PATH"
+export PATH="$CACHE/bin:$ROOT/.tools/bin:$ROOT/target/debug:$PATH"
 WORK=$(mktemp -d /tmp/baton-kube.XXXXXX)
 PIDS=()
 cleanup() {
@@ -129,10 +129,10 @@ EOF
 done
 kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
 
-step "KEDA's CRDs"
-kubectl apply --server-side -f "$CACHE/keda-crds/" >/dev/null
-for _ in $(seq 60); do kubectl get scaledobjects.keda.sh -A >/dev/null 2>&1 && break; sleep 0.5; done
-kubectl get scaledobjects.keda.sh -A >/dev/null
+step "KEDA's and cert-manager's CRDs"
+kubectl apply --server-side -f "$CACHE/keda-crds/" -f "$CACHE/cert-manager-crds/" >/dev/null
+for _ in $(seq 60); do kubectl get scaledobjects.keda.sh,certificates.cert-manager.io -A >/dev/null 2>&1 && break; sleep 0.5; done
+kubectl get scaledobjects.keda.sh,certificates.cert-manager.io -A >/dev/null
 
 CHART=helm/baton
 step "helm lint"
@@ -159,6 +159,11 @@ refused "additional properties 'replica'" --set coordinator.replica=2
 refused "coordinator.replicas: the embedded store allows one coordinator" --set coordinator.replicas=3
 refused "etcd.endpoints: store etcd with etcd.deploy=false needs the endpoints" --set coordinator.store=etcd --set etcd.deploy=false
 refused "/keda/cooldownPeriod" --set keda.cooldownPeriod=7200
+refused "security.insecure: false needs security.tls" --set security.insecure=false
+refused "agents.pools[0].clientCertSecret: pool cpu needs a client certificate" --set security.tls.existingSecret=tls --set security.helmTestTokenSecret=t
+refused "security.helmTestTokenSecret: helm test needs a token" --set security.tls.existingSecret=tls \
+  --set-json 'agents.pools=[{"name":"cpu","kind":"cpu","replicas":1,"slots":1,"clientCertSecret":"c"}]'
+refused "/security/tls/certManager/issuerKind" --set security.tls.certManager.issuerKind=Vault
 refused "/agents/pools/0/data/0/mountPath" --set-json 'agents.pools=[{"name":"c","kind":"cpu","replicas":1,"slots":1,"data":[{"name":"m","mountPath":"models","volume":{"emptyDir":{}}}]}]'
 
 pods_ready() { # namespace selector count
@@ -175,7 +180,8 @@ helm install one "$CHART" --namespace one --create-namespace --wait --timeout 12
 pods_ready one app.kubernetes.io/component=coordinator 1
 pods_ready one app.kubernetes.io/component=agent 1
 [ "$(kubectl get pvc -n one -o jsonpath='{.items[0].status.phase}')" = Bound ]
-expect '^7070$' kubectl get -n one statefulset/one-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].readinessProbe.grpc.port}'
+expect '^/readyz$' kubectl get -n one statefulset/one-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].readinessProbe.httpGet.path}'
+expect '--insecure' kubectl get -n one statefulset/one-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].args}'
 kubectl get -n one pdb one-baton-coordinator >/dev/null
 expect 'baton-fleet' kubectl get -n one configmap -l grafana_dashboard=1 -o name
 
@@ -200,16 +206,34 @@ expect 'pool_kind="gpu",pool=~"h200\\|"' kubectl get -n one scaledobject/one-bat
 helm test one --namespace one --timeout 60s
 expect '2 .*deployed' helm history one --namespace one
 
-step "helm install: three coordinators on the chart's etcd, sealing secrets with a key from a Secret"
+step "helm install: three coordinators on the chart's etcd, sealing secrets with a key from a Secret; TLS from cert-manager, tokens from a Secret"
 kubectl create namespace ha >/dev/null
 kubectl create secret generic baton-secrets-key -n ha --from-literal=secrets.key="$(head -c32 /dev/urandom | base64)" >/dev/null
+{ echo "tokens:"; baton token helm-test --role submit --out "$WORK/helm-test.token"; } > "$WORK/access.yaml"
+kubectl create secret generic baton-access -n ha --from-file=access.yaml="$WORK/access.yaml" >/dev/null
+kubectl create secret generic baton-helm-test -n ha --from-file=token="$WORK/helm-test.token" >/dev/null
 helm install ha "$CHART" --namespace ha --set coordinator.store=etcd --set coordinator.replicas=3 \
-  --set coordinator.secretsKey.existingSecret=baton-secrets-key --wait --timeout 120s >/dev/null
+  --set coordinator.secretsKey.existingSecret=baton-secrets-key --set security.insecure=false \
+  --set security.tls.certManager.issuerName=baton-ca --set security.accessSecret=baton-access \
+  --set security.helmTestTokenSecret=baton-helm-test --wait --timeout 120s >/dev/null
 pods_ready ha app.kubernetes.io/component=coordinator 3
 pods_ready ha app.kubernetes.io/component=etcd 3
 expect '--store=etcd' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].args}'
 expect '--secrets-key-file=/etc/baton/secrets/secrets.key' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.containers[0].args}'
 expect 'baton-secrets-key' kubectl get -n ha statefulset/ha-baton-coordinator -o jsonpath='{.spec.template.spec.volumes}'
+args() { kubectl get -n ha "$1" -o jsonpath='{.spec.template.spec.containers[0].args}'; }
+for flag in --tls-cert=/etc/baton/tls/tls.crt --client-ca=/etc/baton/tls/ca.crt --access-file=/etc/baton/access/access.yaml \
+  'advertise-url=https://\$\(POD_NAME\)\.ha-baton-coordinator-headless\.ha\.svc:7070'; do
+  expect "$flag" args statefulset/ha-baton-coordinator
+done
+case "$(args statefulset/ha-baton-coordinator)" in *--insecure*) echo "--insecure under TLS"; exit 1 ;; esac
+for flag in --coordinator=https://ha-baton-coordinator.ha.svc:7070 '--name=cpu/\$\(POD_NAME\)' --tls-cert=/etc/baton/tls/tls.crt --tls-ca=/etc/baton/ca/ca.crt; do
+  expect "$flag" args deploy/ha-baton-agent-cpu
+done
+# Agents get the coordinator's CA only, never its key.
+expect '"items":\[{"key":"ca.crt","path":"ca.crt"}\],"secretName":"ha-baton-coordinator-tls"' kubectl get -n ha deploy/ha-baton-agent-cpu -o jsonpath='{.spec.template.spec.volumes}'
+expect 'ha-baton-agent-cpu ' kubectl get -n ha certificates.cert-manager.io -o custom-columns=NAME:.metadata.name,CN:.spec.commonName --no-headers
+expect 'ha-baton-coordinator .*ha-baton-coordinator-tls' kubectl get -n ha certificates.cert-manager.io -o custom-columns=NAME:.metadata.name,SECRET:.spec.secretName --no-headers
 
 step "helm uninstall"
 helm uninstall ha --namespace ha --wait >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes parts the deployment test runs, from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (v1.37.2), kwok
-# (fake nodes), helm, and fetches KEDA's CRDs and kwok's stage files.
+# (fake nodes), helm, and fetches KEDA's and cert-manager's CRDs and kwok's stage files.
 #
 # Everything lands in a cache outside the repository ($BATON_CACHE, default
 # ~/.cache/baton/kube-v1.37.2), so a fresh clone reuses it: the first build takes ~10 min
@@ -12,9 +12,10 @@ STAGING=v0.37.2
 KWOK=v0.8.0
 HELM=v3.22.0
 KEDA=v2.21.0
+CERT_MANAGER=v1.19.1
 CACHE=${BATON_CACHE:-$HOME/.cache/baton}/kube-$K8S
 BIN=$CACHE/bin
-mkdir -p "$BIN" "$CACHE/kwok-stages" "$CACHE/keda-crds"
+mkdir -p "$BIN" "$CACHE/kwok-stages" "$CACHE/keda-crds" "$CACHE/cert-manager-crds"
 export GOFLAGS=-mod=mod
 
 moddir() { go mod download -json "$1" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p'; }
@@ -91,5 +92,13 @@ if stale keda "$KEDA"; then
   cp "$dir/config/crd/bases/"*.yaml "$CACHE/keda-crds/"
   chmod u+w "$CACHE/keda-crds/"*.yaml
   stamp keda "$KEDA"
+fi
+
+if stale cert-manager "$CERT_MANAGER"; then
+  dir=$(moddir "github.com/cert-manager/cert-manager@$CERT_MANAGER")
+  rm -f "$CACHE/cert-manager-crds/"*.yaml
+  cp "$dir/deploy/crds/cert-manager.io_"*.yaml "$CACHE/cert-manager-crds/"
+  chmod u+w "$CACHE/cert-manager-crds/"*.yaml
+  stamp cert-manager "$CERT_MANAGER"
 fi
 echo "$CACHE"

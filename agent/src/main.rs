@@ -131,7 +131,7 @@ async fn run() -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
         let registry = baton_agent::metrics::registry(&runner.metrics, Arc::downgrade(&runner), args.slots);
-        let scrape = Arc::new(baton_proto::metrics::Scrape { registry });
+        let scrape = Arc::new(baton_proto::metrics::Scrape { registry, ready: None });
         tokio::spawn(baton_proto::metrics::serve(listener, scrape, metrics_stop.clone()));
     }
     let agent_id =

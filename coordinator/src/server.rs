@@ -72,11 +72,13 @@ pub async fn serve(
     let Listeners { grpc: listener, metrics } = listeners;
     let Security { tls, access } = security;
     let timings = config.timings.clone();
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (grpc_health, health_service) = tonic_health::server::health_reporter();
+    let (ready, readyz) = watch::channel(false);
+    let health = Health { grpc: grpc_health, ready: Arc::new(ready) };
     // Liveness (`grpc.health.v1` service "liveness") says only that this process answers
     // gRPC; "" and the baton services follow the store (readiness: NOT_SERVING while it
     // refuses commits), so a store outage never restarts the coordinator.
-    health.set_service_status(LIVENESS, ServingStatus::Serving).await;
+    health.grpc.set_service_status(LIVENESS, ServingStatus::Serving).await;
     // Fires on shutdown and when leadership is lost: either way the streams (agents,
     // watches) end, so the server can stop.
     let stop = shutdown.child_token();
@@ -84,7 +86,7 @@ pub async fn serve(
         Mode::Embedded(store) => Arc::new(Role::leading(start(store, config, health).await?)),
         Mode::Etcd { store, advertise_url, leader_lease, peers } => {
             // A follower serves (it forwards); as the leader, health follows the store.
-            set_health(&health, ServingStatus::Serving).await;
+            set_health(&health, true).await;
             let (leader_url, follow) = watch::channel(None);
             let role = Arc::new(Role::following(follow, advertise_url.clone(), peers));
             let election = Election::new(store.client(), store.prefix(), advertise_url, leader_lease);
@@ -100,7 +102,8 @@ pub async fn serve(
         }
     };
     if let Some(metrics) = metrics {
-        let scrape = baton_proto::metrics::Scrape { registry: crate::metrics::registry(timings, role.clone()) };
+        let registry = crate::metrics::registry(timings, role.clone());
+        let scrape = baton_proto::metrics::Scrape { registry, ready: Some(readyz) };
         tokio::spawn(baton_proto::metrics::serve(metrics, Arc::new(scrape), stop.clone()));
     }
     tokio::spawn(reload_files(tls.clone(), access.clone(), stop.clone()));
@@ -181,7 +184,7 @@ async fn reload_files(tls: Option<Arc<Tls>>, access: Arc<Access>, stop: Cancella
 
 /// Loads the state and starts the coordinator's writer and timers; health follows the
 /// store from then on: NOT_SERVING while it refuses commits (nothing is acknowledged then).
-async fn start(store: Arc<dyn Store>, config: Config, health: HealthReporter) -> anyhow::Result<Arc<Coordinator>> {
+async fn start(store: Arc<dyn Store>, config: Config, health: Health) -> anyhow::Result<Arc<Coordinator>> {
     let coordinator = Coordinator::new(store, config).await?;
     tokio::spawn(coordinator.clone().run_writer());
     tokio::spawn(coordinator.clone().run_expiry());
@@ -189,7 +192,7 @@ async fn start(store: Arc<dyn Store>, config: Config, health: HealthReporter) ->
     tokio::spawn(async move {
         loop {
             let ok = *store_ok.borrow_and_update();
-            set_health(&health, if ok { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+            set_health(&health, ok).await;
             if store_ok.changed().await.is_err() {
                 return;
             }
@@ -198,9 +201,19 @@ async fn start(store: Arc<dyn Store>, config: Config, health: HealthReporter) ->
     Ok(coordinator)
 }
 
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
+/// Readiness, told two ways: the gRPC health service ("" and the baton services) and the
+/// metrics endpoint's `/readyz` (for probes that cannot speak TLS, like the kubelet's).
+#[derive(Clone)]
+struct Health {
+    grpc: HealthReporter,
+    ready: Arc<watch::Sender<bool>>,
+}
+
+async fn set_health(health: &Health, serving: bool) {
+    health.ready.send_replace(serving);
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
     for service in ["", "baton.v1.JobService", "baton.v1.AgentService", "baton.v1.AdminService"] {
-        health.set_service_status(service, status).await;
+        health.grpc.set_service_status(service, status).await;
     }
 }
 
@@ -212,7 +225,7 @@ async fn lead_when_elected(
     leader_url: watch::Sender<Option<String>>,
     store: Box<EtcdStore>,
     config: Config,
-    health: HealthReporter,
+    health: Health,
 ) -> anyhow::Result<()> {
     let leadership = election.campaign(&leader_url).await;
     let coordinator = start(Arc::new(store.fenced(leadership.fence)), config, health).await?;

@@ -23,6 +23,10 @@ pub struct ClientAuth {
     /// coordinator URLs; without it, the system's trusted roots.
     #[cfg_attr(feature = "cli", arg(long, global = true, env = "BATON_TLS_CA"))]
     pub tls_ca: Option<PathBuf>,
+    /// The name the coordinator's certificate must carry, when the URL's host is not it
+    /// (e.g. its Service name through `kubectl port-forward`).
+    #[cfg_attr(feature = "cli", arg(long, global = true, env = "BATON_TLS_SERVER_NAME"))]
+    pub tls_server_name: Option<String>,
     /// This client's certificate (PEM), for mutual TLS: an agent's identity.
     #[cfg_attr(feature = "cli", arg(long, global = true, env = "BATON_TLS_CERT", requires = "tls_key"))]
     pub tls_cert: Option<PathBuf>,
@@ -67,6 +71,9 @@ impl ClientAuth {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
             None => tls.with_native_roots(),
         };
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.domain_name(name);
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             tls = tls.identity(Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
         }

@@ -2,7 +2,8 @@
 //!
 //! `GET /metrics` answers OpenMetrics text (so histograms carry their exemplars: the
 //! trace id of an observation, which Grafana links to Jaeger); `GET /healthz` answers
-//! `ok` while the process serves. Names follow OpenTelemetry's conventions as Prometheus
+//! `ok` while the process serves, `GET /readyz` `ok` while it is ready (the coordinator:
+//! while its store takes commits), 503 otherwise: probes that cannot speak TLS use them. Names follow OpenTelemetry's conventions as Prometheus
 //! writes them: `baton_` prefix, the unit as a suffix (`_seconds`), `_total` on counters.
 
 use axum::Router;
@@ -23,13 +24,25 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// What a scrape encodes: the registry, whose collectors read live state.
 pub struct Scrape {
     pub registry: Registry,
+    /// Readiness, when it can be false (otherwise ready while serving).
+    pub ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// Serves `/metrics` and `/healthz` on the listener until `shutdown` fires.
+/// Serves `/metrics`, `/healthz` and `/readyz` on the listener until `shutdown` fires.
 pub async fn serve(listener: tokio::net::TcpListener, scrape: Arc<Scrape>, shutdown: CancellationToken) {
+    let ready = scrape.ready.clone();
     let app = Router::new()
         .route("/metrics", get(move || metrics(scrape.clone())))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.as_ref().is_none_or(|r| *r.borrow());
+                async move {
+                    if ready { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                }
+            }),
+        );
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }

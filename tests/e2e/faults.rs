@@ -8,7 +8,7 @@
 use crate::backbone::{finished, request, sleep_spec};
 use crate::history::{Recorder, Seen};
 use baton_proto::v1::{Job, JobSpec, JobState, NoopSpec, Requirements, SubmitJobRequest, job_spec};
-use baton_tests::{Cluster, Etcd, FaultProxy, Site, eventually};
+use baton_tests::{Cluster, Etcd, FaultProxy, Site, eventually, free_port};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
@@ -133,9 +133,20 @@ async fn on_etcd_a_coordinator_killed_again_and_again_loses_and_repeats_no_ackno
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_is_back() {
     let mut etcd = Etcd::start().await;
-    let mut cluster = Cluster::start(&etcd.coordinator_args(), &[]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = etcd.coordinator_args().to_vec();
+    args.extend(["--metrics-listen", &metrics]);
+    let mut cluster = Cluster::start(&args, &[]).await;
     cluster.add_agent("a1", 2, &[]);
     cluster.wait_agents(1).await;
+    // The same, over HTTP for probes that cannot speak TLS: /readyz follows the store,
+    // /healthz only says the process serves.
+    let http = |path: &str| match ureq::get(format!("http://{metrics}{path}")).call() {
+        Ok(response) => response.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    assert_eq!((http("/readyz"), http("/healthz")), (200, 200));
     let recorder = Recorder::start(&cluster);
     let before = recorder.submit_one(request(sleep_spec(100))).await;
     finished(&cluster, &before, secs(10)).await;
@@ -152,6 +163,7 @@ async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_
     // Liveness stays SERVING: a store outage must not get the coordinator restarted.
     let liveness = cluster.grpcurl(&["-d", r#"{"service":"liveness"}"#, "grpc.health.v1.Health/Check"]);
     assert!(liveness.contains("\"SERVING\""), "{liveness}");
+    assert_eq!((http("/readyz"), http("/healthz")), (503, 200));
     sleep(secs(1)).await;
     assert!(!submitting.is_finished(), "a submit was acknowledged while etcd was down");
 
@@ -161,6 +173,7 @@ async fn while_etcd_is_down_nothing_is_acknowledged_and_health_says_so_until_it_
     let job = finished(&cluster, &during.expect("the submit task"), secs(15)).await;
     assert_eq!(job.state(), JobState::Succeeded, "{job:?}");
     eventually(secs(5), "health to say SERVING", || async { (!health().contains("NOT_SERVING")).then_some(()) }).await;
+    assert_eq!(http("/readyz"), 200);
     recorder.check(&cluster, None, SETTLE).await;
 }
 

@@ -239,6 +239,12 @@ async fn only_who_belongs_gets_in_over_tls_with_tokens_and_client_certificates()
     let (_, out) = s.baton(Some("reader"), &["submit", hello]);
     assert_eq!(out.trim(), "error: permission denied: reader may not call SubmitJob: it needs the submit role");
 
+    // Through a port-forward the URL's host is not the certificate's name: --tls-server-name.
+    let (code, out) = s.baton(Some("root"), &["--tls-server-name", "localhost", "agents"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = s.baton(Some("root"), &["--tls-server-name", "elsewhere.example", "agents"]);
+    assert_ne!(code, 0, "a certificate without the name was accepted");
+
     // Submitters see and cancel only their own jobs; readers see all; admins change all.
     let (code, out) = s.baton(Some("alice"), &["submit", hello, "-o", "json"]);
     assert_eq!(code, 0, "{out}");

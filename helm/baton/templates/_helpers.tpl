@@ -26,9 +26,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s/baton-%s:%s" .root.Values.image.registry .name $tag -}}
 {{- end -}}
 
+{{/* "true" when the coordinator serves TLS (a Secret given, or cert-manager issues one). */}}
+{{- define "baton.tls" -}}
+{{- if or .Values.security.tls.existingSecret .Values.security.tls.certManager.issuerName -}}true{{- end -}}
+{{- end -}}
+
+{{/* The coordinator's TLS Secret (tls.crt, tls.key, ca.crt). */}}
+{{- define "baton.tlsSecret" -}}
+{{- .Values.security.tls.existingSecret | default (printf "%s-coordinator-tls" (include "baton.fullname" .)) -}}
+{{- end -}}
+
+{{/* A pool's client certificate Secret: (dict "root" $ "pool" $pool). */}}
+{{- define "baton.clientCertSecret" -}}
+{{- .pool.clientCertSecret | default (printf "%s-agent-%s-tls" (include "baton.fullname" .root) .pool.name) -}}
+{{- end -}}
+
 {{/* The coordinator's Service: where agents, clients and helm test connect. */}}
 {{- define "baton.coordinatorUrl" -}}
-{{- printf "http://%s-coordinator.%s.svc:%v" (include "baton.fullname" .) .Release.Namespace .Values.coordinator.service.port -}}
+{{- $scheme := ternary "https" "http" (eq (include "baton.tls" .) "true") -}}
+{{- printf "%s://%s-coordinator.%s.svc:%v" $scheme (include "baton.fullname" .) .Release.Namespace .Values.coordinator.service.port -}}
+{{- end -}}
+
+{{/* Under TLS, a client's flag for the coordinator's CA (mounted by "baton.caVolume"). */}}
+{{- define "baton.caArgs" -}}
+- --tls-ca=/etc/baton/ca/ca.crt
+{{- end -}}
+
+{{/* Under TLS, the coordinator's CA only (not its key), for its clients. */}}
+{{- define "baton.caVolume" -}}
+- name: ca
+  secret: {secretName: {{ include "baton.tlsSecret" . }}, items: [{key: ca.crt, path: ca.crt}]}
 {{- end -}}
 
 {{/* etcd's client URLs, comma-separated. */}}
