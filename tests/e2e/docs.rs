@@ -3,9 +3,13 @@
 //! coordinator and agent, and exits 0. The only changes: the coordinator's address is the
 //! test's (`127.0.0.1:7070` in grpcurl lines, `BATON_COORDINATOR` for the CLI),
 //! `<id>`/`<job id>` is a job that ran, `<traceId>` its trace and `<agent id>` the agent.
+//! Commands with TLS files (`--tls-ca`, `-cacert`) run in the folder of a TLS coordinator
+//! with tokens and an agent with a certificate (`ca.pem`, `alice.token`, … as the docs name
+//! them; `127.0.0.1:7443` is its address); `baton token` runs in a fresh folder each time.
 
 use crate::backbone::finished;
-use baton_tests::{Cluster, Jaeger, bin, tool, workspace};
+use crate::security::Secured;
+use baton_tests::{Cluster, Jaeger, TempDir, bin, tool, workspace};
 use std::path::Path;
 use std::time::Duration;
 
@@ -57,20 +61,33 @@ async fn every_baton_and_grpcurl_command_in_the_docs_runs() {
     let job: serde_json::Value = serde_json::from_str(&out).expect("the job as JSON");
     let id = job["id"].as_str().expect("a job id").to_string();
     let trace_id = finished(&cluster, &id, Duration::from_secs(30)).await.trace_id;
+    let secured = Secured::start(1, &[]).await;
+    let (cert, key) = secured.ca.issue("pool-a", "pool-a", &[]);
+    let _secured_agent = secured.agent("pool-a/1", Some((&cert, &key)));
+    std::os::unix::fs::symlink(workspace().join("examples"), secured.dir.0.join("examples")).unwrap();
 
     let dirs = [bin("baton"), tool("grpcurl")].map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default());
     let path = format!("{}:{}:{}", dirs[0].display(), dirs[1].display(), std::env::var("PATH").unwrap_or_default());
     let mut failed = Vec::new();
     for (at, command) in &commands {
+        let scratch = TempDir::new("docs-token");
+        let cwd = if command.starts_with("baton token ") {
+            scratch.0.clone()
+        } else if command.contains("--tls-ca") || command.contains("-cacert") {
+            secured.dir.0.clone()
+        } else {
+            workspace()
+        };
         let command = command
             .replace("127.0.0.1:7070", &format!("127.0.0.1:{}", cluster.port))
+            .replace("127.0.0.1:7443", &format!("127.0.0.1:{}", secured.port))
             .replace("<job id>", &id)
             .replace("<id>", &id)
             .replace("<traceId>", &trace_id)
             .replace("<agent id>", "docs-agent");
         let out = tokio::process::Command::new("timeout")
             .args(["180", "bash", "-c", &command])
-            .current_dir(workspace())
+            .current_dir(&cwd)
             .env("PATH", &path)
             .env("BATON_COORDINATOR", &cluster.url)
             .output()

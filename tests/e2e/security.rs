@@ -126,13 +126,13 @@ async fn coordinators_on_etcd_without_a_secrets_key_refuse_jobs_with_secrets_and
 
 /// Coordinators serving TLS with client certificates and an access file (tokens for alice
 /// and bob: submit, reader: read, root: admin), and the `baton` CLI run against them.
-struct Secured {
-    dir: TempDir,
+pub struct Secured {
+    pub dir: TempDir,
     /// The first coordinator's URL and port.
     url: String,
-    port: u16,
+    pub port: u16,
     ports: Vec<u16>,
-    ca: TestCa,
+    pub ca: TestCa,
     /// The serving certificate and key files (shared by the coordinators).
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
@@ -141,7 +141,7 @@ struct Secured {
 
 impl Secured {
     /// `n` coordinators with `extra` flags; waits until the first answers.
-    async fn start(n: usize, extra: &[&str]) -> Self {
+    pub async fn start(n: usize, extra: &[&str]) -> Self {
         let dir = TempDir::new("tls");
         let ca = TestCa::new(&dir.0, "ca");
         let (cert, key) = ca.issue("coordinator", "coordinator", &["127.0.0.1", "localhost"]);
@@ -205,7 +205,7 @@ impl Secured {
         (out.status.code().unwrap_or(-1), text)
     }
 
-    fn agent(&self, name: &str, cert: Option<(&Path, &Path)>) -> Proc {
+    pub fn agent(&self, name: &str, cert: Option<(&Path, &Path)>) -> Proc {
         let mut cmd = std::process::Command::new(bin("baton-agent"));
         cmd.args(["--coordinator", &self.url, "--name", name, "--tls-ca"]).arg(&self.ca.cert);
         if let Some((cert, key)) = cert {
