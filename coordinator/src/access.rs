@@ -20,6 +20,12 @@
 //! certificates:
 //!   - name: ops
 //!     roles: [admin]
+//! jwt:                  # optional: JWTs from an identity provider (OIDC), checked
+//!   jwks: /etc/baton/jwks.json   # against its public keys in a JWKS file (re-read too)
+//!   issuer: https://login.example.com/
+//!   audience: baton
+//!   nameClaim: sub      # the principal's name (default sub)
+//!   rolesClaim: roles   # its roles: a list or space-separated (default roles)
 //! ```
 
 use anyhow::Context as _;
@@ -85,6 +91,68 @@ struct AccessFile {
     tokens: Vec<TokenEntry>,
     #[serde(default)]
     certificates: Vec<CertificateEntry>,
+    jwt: Option<JwtEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JwtEntry {
+    jwks: PathBuf,
+    issuer: String,
+    audience: String,
+    #[serde(default = "default_name_claim")]
+    name_claim: String,
+    #[serde(default = "default_roles_claim")]
+    roles_claim: String,
+}
+
+fn default_name_claim() -> String {
+    "sub".into()
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+/// JWTs an identity provider signed: verified with its public keys, its issuer and this
+/// audience, unexpired; the principal and its roles come from the claims.
+struct Jwt {
+    keys: jsonwebtoken::jwk::JwkSet,
+    entry: JwtEntry,
+}
+
+impl Jwt {
+    fn principal(&self, token: &str) -> Result<Principal, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a valid JWT: {e}"))?;
+        let jwk = match &header.kid {
+            Some(kid) => self.keys.find(kid),
+            None if self.keys.keys.len() == 1 => self.keys.keys.first(),
+            None => None,
+        }
+        .ok_or("the JWT's signing key (kid) is not in the JWKS")?;
+        // The algorithm must be the key's own, when the key names one; the key's family
+        // (RSA, EC, Ed25519) bounds it anyway, and `none` or HMAC never verify here.
+        if jwk.common.key_algorithm.is_some_and(|a| a.to_string() != format!("{:?}", header.alg)) {
+            return Err(format!("the JWT's algorithm {:?} is not its key's", header.alg));
+        }
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("the JWKS key does not load: {e}"))?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&self.entry.issuer]);
+        validation.set_audience(&[&self.entry.audience]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|e| format!("the JWT does not verify: {e}"))?
+            .claims;
+        let name = claims[&self.entry.name_claim]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("the JWT has no {} claim", self.entry.name_claim))?;
+        let roles = match &claims[&self.entry.roles_claim] {
+            serde_json::Value::Array(list) => list.iter().filter_map(|r| r.as_str()?.parse().ok()).collect(),
+            serde_json::Value::String(text) => text.split_whitespace().filter_map(|r| r.parse().ok()).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Principal { name: name.to_string(), roles })
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -108,12 +176,31 @@ struct Table {
     tokens: HashMap<String, Principal>,
     /// Certificate name → roles other than the default `agent`.
     certificates: HashMap<String, Vec<AccessRole>>,
+    jwt: Option<Jwt>,
+}
+
+/// Reads an access file and the JWKS it names: the rules, and the texts they came from
+/// (a change to either is a new version).
+fn load(path: &std::path::Path) -> anyhow::Result<(String, Table)> {
+    let text = std::fs::read_to_string(path)?;
+    let (mut table, jwt) = parse(&text)?;
+    let mut source = text;
+    if let Some(entry) = jwt {
+        let jwks =
+            std::fs::read_to_string(&entry.jwks).with_context(|| format!("jwt.jwks {}", entry.jwks.display()))?;
+        let keys =
+            serde_json::from_str(&jwks).with_context(|| format!("jwt.jwks {}: not a JWKS", entry.jwks.display()))?;
+        source.push('\0');
+        source.push_str(&jwks);
+        table.jwt = Some(Jwt { keys, entry });
+    }
+    Ok((source, table))
 }
 
 /// Parses an access file; an error names the entry and the rule.
-fn parse(text: &str) -> anyhow::Result<Table> {
+fn parse(text: &str) -> anyhow::Result<(Table, Option<JwtEntry>)> {
     let file: AccessFile = if text.trim().is_empty() {
-        AccessFile { tokens: vec![], certificates: vec![] }
+        AccessFile { tokens: vec![], certificates: vec![], jwt: None }
     } else {
         serde_yaml_ng::from_str(text)?
     };
@@ -141,7 +228,14 @@ fn parse(text: &str) -> anyhow::Result<Table> {
         }
         table.certificates.insert(c.name, c.roles);
     }
-    Ok(table)
+    if let Some(jwt) = &file.jwt {
+        for (field, value) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
+            if value.is_empty() {
+                anyhow::bail!("jwt.{field}: is required");
+            }
+        }
+    }
+    Ok((table, file.jwt))
 }
 
 /// The coordinator's access rules.
@@ -158,33 +252,29 @@ impl Access {
         Self { required: false, file: None, current: RwLock::new((String::new(), Arc::default())) }
     }
 
-    /// Every call must name a principal: a token listed in `file`, or a client certificate.
+    /// Every call must name a principal: a token or JWT the access file `file` admits, or
+    /// a client certificate.
     pub fn required(file: Option<PathBuf>) -> anyhow::Result<Self> {
-        let text = match &file {
-            Some(path) => std::fs::read_to_string(path).with_context(|| format!("--access-file {}", path.display()))?,
-            None => String::new(),
+        let (source, table) = match &file {
+            Some(path) => load(path).with_context(|| format!("--access-file {}", path.display()))?,
+            None => Default::default(),
         };
-        let table = parse(&text).with_context(|| format!("--access-file {}", file.as_ref().unwrap().display()));
-        Ok(Self { required: true, file, current: RwLock::new((text, Arc::new(table?))) })
+        Ok(Self { required: true, file, current: RwLock::new((source, Arc::new(table))) })
     }
 
-    /// Re-reads the access file if it changed; one that does not load keeps the old rules.
+    /// Re-reads the access file (and its JWKS) if either changed; a version that does not
+    /// load keeps the old rules.
     pub fn reload(&self) {
         let Some(path) = &self.file else { return };
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return tracing::warn!(file = %path.display(), "access file unreadable: keeping the loaded one");
-        };
-        if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == text {
-            return;
-        }
-        match parse(&text) {
-            Ok(table) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (text, Arc::new(table));
+        match load(path) {
+            Ok((source, _)) if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == source => {}
+            Ok((source, table)) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (source, Arc::new(table));
                 tracing::info!(file = %path.display(), "access file reloaded");
             }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "access file does not load: keeping the old one")
-            }
+            Err(e) => tracing::warn!(
+                file = %path.display(), error = %format!("{e:#}"), "access file does not load: keeping the old one"
+            ),
         }
     }
 
@@ -200,6 +290,12 @@ impl Access {
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(|| Status::unauthenticated("authorization: must be `Bearer <token>`"))?;
+            // A JWT is three base64url parts joined by dots; baton's own tokens have none.
+            if let Some(jwt) = &table.jwt
+                && token.matches('.').count() == 2
+            {
+                return jwt.principal(token.trim()).map_err(|e| Status::unauthenticated(format!("authorization: {e}")));
+            }
             return table
                 .tokens
                 .get(&token_sha256(token.trim()))
@@ -229,7 +325,7 @@ mod tests {
     }
 
     fn access(text: &str) -> Access {
-        Access { required: true, file: None, current: RwLock::new((text.into(), Arc::new(parse(text).unwrap()))) }
+        Access { required: true, file: None, current: RwLock::new((text.into(), Arc::new(parse(text).unwrap().0))) }
     }
 
     #[test]
@@ -280,5 +376,66 @@ mod tests {
             token_sha256("t")
         );
         assert_eq!(parse(&twice).err().unwrap().to_string(), "tokens[1].sha256: the same token is listed twice");
+    }
+
+    #[test]
+    fn jwts_of_the_identity_provider_name_principals_and_roles() {
+        use base64::Engine as _;
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use serde_json::json;
+        let dir = std::env::temp_dir().join(format!("baton-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwk = |key: &rcgen::KeyPair, kid: &str| {
+            let raw = key.public_key_raw();
+            let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+            json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": kid, "x": b64(&raw[1..33]), "y": b64(&raw[33..])})
+        };
+        let (key, stranger) = (rcgen::KeyPair::generate().unwrap(), rcgen::KeyPair::generate().unwrap());
+        std::fs::write(dir.join("jwks.json"), json!({"keys": [jwk(&key, "k1")]}).to_string()).unwrap();
+        let file = dir.join("access.yaml");
+        let text = format!(
+            "jwt:\n  jwks: {}\n  issuer: https://idp.example\n  audience: baton\n",
+            dir.join("jwks.json").display()
+        );
+        std::fs::write(&file, text).unwrap();
+        let access = Access::required(Some(file)).unwrap();
+        let sign = |claims: serde_json::Value, kid: &str, with: &rcgen::KeyPair| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(kid.into());
+            let encoding = EncodingKey::from_ec_pem(with.serialize_pem().as_bytes()).unwrap();
+            jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+        };
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let claims = |sub: &str, iss: &str, aud: &str, exp: u64| json!({"sub": sub, "roles": ["read", "not-a-role"], "iss": iss, "aud": aud, "exp": exp});
+        let good = sign(claims("carol", "https://idp.example", "baton", exp), "k1", &key);
+        let carol = access.authenticate(&call(Some(&good))).unwrap();
+        assert_eq!(carol.who(), "carol");
+        assert!(carol.sees_all());
+        assert!(carol.require(AccessRole::Submit, "SubmitJob").is_err());
+
+        let (header, _) = good.split_once('.').unwrap();
+        let forged = format!(
+            "{header}.{}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                json!({"sub": "carol", "roles": ["admin"], "iss": "https://idp.example", "aud": "baton", "exp": exp})
+                    .to_string()
+            ),
+            good.rsplit('.').next().unwrap()
+        );
+        let refused = [
+            (sign(claims("carol", "https://idp.example", "baton", 1), "k1", &key), "ExpiredSignature"),
+            (sign(claims("carol", "https://idp.example", "other", exp), "k1", &key), "InvalidAudience"),
+            (sign(claims("carol", "https://evil.example", "baton", exp), "k1", &key), "InvalidIssuer"),
+            (sign(claims("carol", "https://idp.example", "baton", exp), "k2", &key), "(kid) is not in the JWKS"),
+            (sign(claims("carol", "https://idp.example", "baton", exp), "k1", &stranger), "InvalidSignature"),
+            (sign(claims("", "https://idp.example", "baton", exp), "k1", &key), "no sub claim"),
+            (forged, "InvalidSignature"),
+        ];
+        for (token, expected) in refused {
+            let status = access.authenticate(&call(Some(&token))).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(status.message().contains(expected), "{expected}: {}", status.message());
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

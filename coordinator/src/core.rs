@@ -16,9 +16,8 @@ use crate::secrets::Keyring;
 use crate::state::{Action, AgentEntry, Figures, Retention, State, StateError};
 use crate::store::{Commit, Store, StoreError};
 use baton_proto::job::to_system_time;
-use baton_proto::limits::{MAX_PAGE_BYTES, enforce_progress_limit, enforce_report_limits};
+use baton_proto::limits::MAX_PAGE_BYTES;
 use baton_proto::telemetry::{extract, inject};
-use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::{
     AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobResult, JobState,
     coordinator_message,
@@ -543,43 +542,21 @@ impl Coordinator {
             if inner.links.get(agent_id).is_none_or(|l| l.connection != connection) {
                 return (false, Vec::new());
             }
-            let state = &mut inner.state;
-            state.touch(agent_id, Instant::now());
-            let actions = match msg.kind {
-                Some(AgentKind::Started(s)) => {
-                    let actions = state.started(agent_id, &s.job_id, s.attempt);
-                    if let (false, Some(job)) = (actions.is_empty(), state.job(&s.job_id)) {
-                        let assigned = job.assigned_at.as_ref().map(to_system_time).unwrap_or_else(SystemTime::now);
-                        let after = SystemTime::now().duration_since(assigned).unwrap_or_default();
-                        self.config.timings.dispatch(job.placement().kind, after, &job.traceparent);
-                    }
-                    actions
-                }
-                Some(AgentKind::Progress(p)) => {
-                    let mut progress = p.progress.unwrap_or_default();
-                    enforce_progress_limit(&mut progress);
-                    // Progress is not stored; it goes to watchers unless the job has a change
-                    // not yet durable (the next update will carry it).
-                    if state.progress(agent_id, &p.job_id, p.attempt, progress)
-                        && inner.dirty_generation([p.job_id.as_str()]).is_none()
-                        && let (Some(w), Some(job)) = (inner.watchers.get(&p.job_id), inner.state.job(&p.job_id))
-                    {
-                        w.send_replace(view(&inner.state, job, None));
-                    }
-                    Vec::new()
-                }
-                Some(AgentKind::Finished(mut report)) => {
-                    // The agent enforces the limit; a report from one that did not is held to it here.
-                    enforce_report_limits(&mut report);
-                    state.finished(agent_id, report)
-                }
-                Some(AgentKind::Leaving(_)) => {
-                    tracing::info!(agent_id, "agent is stopping: no new work for it");
-                    state.leaving(agent_id);
-                    Vec::new()
-                }
-                Some(AgentKind::Heartbeat(_)) | Some(AgentKind::Hello(_)) | None => Vec::new(),
-            };
+            let applied = inner.state.agent_message(agent_id, msg, Instant::now());
+            if let Some(job) = applied.started.as_deref().and_then(|id| inner.state.job(id)) {
+                let assigned = job.assigned_at.as_ref().map(to_system_time).unwrap_or_else(SystemTime::now);
+                let after = SystemTime::now().duration_since(assigned).unwrap_or_default();
+                self.config.timings.dispatch(job.placement().kind, after, &job.traceparent);
+            }
+            // Progress is not stored; it goes to watchers unless the job has a change not
+            // yet durable (the next update will carry it).
+            if let Some(id) = applied.progressed.as_deref()
+                && inner.dirty_generation([id]).is_none()
+                && let (Some(w), Some(job)) = (inner.watchers.get(id), inner.state.job(id))
+            {
+                w.send_replace(view(&inner.state, job, None));
+            }
+            let actions = applied.actions;
             (true, actions)
         });
         current

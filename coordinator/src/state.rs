@@ -11,8 +11,10 @@
 
 use crate::record::{JobRecord, NewJob};
 use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
+use baton_proto::limits::{enforce_progress_limit, enforce_report_limits};
 use baton_proto::spec::Placement;
-use baton_proto::v1::{Capabilities, Hello, JobFinished, JobResult, JobState, Progress, job_finished};
+use baton_proto::v1::agent_message::Kind as AgentKind;
+use baton_proto::v1::{AgentMessage, Capabilities, Hello, JobFinished, JobResult, JobState, Progress, job_finished};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -96,6 +98,15 @@ pub fn apply(job: &mut JobRecord, event: Event) -> Result<(), Illegal> {
     }
     job.state = to as i32;
     Ok(())
+}
+
+/// What an agent's message did: the actions to carry out, and the job whose attempt just
+/// started (the dispatch time is observed) or whose progress watchers may be told of.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub actions: Vec<Action>,
+    pub started: Option<String>,
+    pub progressed: Option<String>,
 }
 
 /// What the caller does after the state changed, in this order, once durable.
@@ -558,6 +569,34 @@ impl State {
             ));
         }
         actions
+    }
+
+    /// A message on an agent's stream after its hello: it renews the agent's lease and
+    /// applies what it says (sizes held to the limits, whatever the agent enforced).
+    pub fn agent_message(&mut self, agent_id: &str, message: AgentMessage, now_instant: Instant) -> Applied {
+        self.touch(agent_id, now_instant);
+        let mut applied = Applied::default();
+        match message.kind {
+            Some(AgentKind::Started(s)) => {
+                applied.actions = self.started(agent_id, &s.job_id, s.attempt);
+                applied.started = (!applied.actions.is_empty()).then_some(s.job_id);
+            }
+            Some(AgentKind::Progress(p)) => {
+                let mut progress = p.progress.unwrap_or_default();
+                enforce_progress_limit(&mut progress);
+                applied.progressed = self.progress(agent_id, &p.job_id, p.attempt, progress).then_some(p.job_id);
+            }
+            Some(AgentKind::Finished(mut report)) => {
+                enforce_report_limits(&mut report);
+                applied.actions = self.finished(agent_id, report);
+            }
+            Some(AgentKind::Leaving(_)) => {
+                tracing::info!(agent_id, "agent is stopping: no new work for it");
+                self.leaving(agent_id);
+            }
+            Some(AgentKind::Heartbeat(_)) | Some(AgentKind::Hello(_)) | None => {}
+        }
+        applied
     }
 
     /// Any message from an agent renews its lease.

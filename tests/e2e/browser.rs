@@ -144,3 +144,23 @@ async fn a_missing_element_fails_the_job_naming_the_step_with_a_screenshot_and_d
     assert_eq!(job.state(), JobState::Failed);
     assert!(job.reason.starts_with("http://169.254.169.254/login is not allowed on this agent"), "{}", job.reason);
 }
+
+/// Issue 11: an agent that is not root runs Chromium with its sandbox (user namespaces
+/// are available here), and the login flow works in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_its_sandbox_when_the_agent_is_not_root() {
+    let site = Site::start().await;
+    let cluster = Cluster::start(&[], &[]).await;
+    let home = baton_tests::TempDir::new("nobody-home");
+    std::fs::set_permissions(&home.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(baton_tests::bin("baton-agent"));
+    cmd.args(["--coordinator", &cluster.url, "--name", "nobody"]).env("HOME", &home.0);
+    let agent = baton_tests::Proc::spawn("nobody", cmd, &cluster.dir.0);
+    cluster.wait_agents(1).await;
+    let req = at_site(example("browser-login.json"), &site);
+    let id = cluster.jobs().await.submit_job(req).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(90)).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{}\n{}", job.reason, agent.log());
+    assert!(agent.log().contains("Chromium runs with its sandbox"), "{}", agent.log());
+}

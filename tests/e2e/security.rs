@@ -373,3 +373,45 @@ async fn a_follower_forwards_over_tls_and_the_leader_checks_the_token_again() {
     let (_, out) = s.baton_with(&via, &s.ca.cert, Some("wrong"), &["list"]);
     assert_eq!(out.trim(), "error: unauthenticated: authorization: the bearer token is not in the access file");
 }
+
+/// While a browser job runs, every request goes through the agent's policy proxy: an
+/// image, a fetch and a script-initiated navigation to a denied address never leave the
+/// machine (the address sees no connection at all); the browser gets the refusal instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reaches_nothing_the_policy_denies() {
+    let site = Site::start().await;
+    // The denied address: a listener that would see any connection (never accepted).
+    let denied = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    denied.set_nonblocking(true).unwrap();
+    let target = format!("http://127.0.0.3:{}", denied.local_addr().unwrap().port());
+    let mut cluster = Cluster::start(&[], &[]).await;
+    cluster.add_agent("guarded", 1, &["--deny-url", "127.0.0.3"]);
+    cluster.wait_agents(1).await;
+    let steps = serde_json::json!([
+        {"name": "open the login page", "open": {"url": "${base}/login"}},
+        {"name": "fetch from the denied address", "script": {"script": format!(
+            "window.__done = 0; const img = new Image(); img.onload = img.onerror = () => window.__done++; \
+             img.src = '{target}/pixel.png'; \
+             fetch('{target}/beacon', {{mode: 'no-cors'}}).then(() => window.__done++, () => window.__done++);"
+        )}},
+        {"name": "both answered", "wait": {"js": "window.__done === 2", "timeoutMs": 10000}},
+        {"name": "navigate there", "script": {"script": format!("location.href = '{target}/landing';")}},
+        {"name": "the refusal shows", "wait": {"textPresent": "baton refused this request: host 127.0.0.3 matches the deny pattern 127.0.0.3", "timeoutMs": 10000}},
+    ]);
+    let text =
+        serde_json::json!({"spec": {"name": "guarded", "browser": {"variables": {"base": site.base}, "steps": steps}}});
+    let req = baton_proto::spec::parse_request(&text.to_string()).unwrap();
+    let id = cluster.jobs().await.submit_job(req).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(60)).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
+    match denied.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the denied address was reached: {other:?}"),
+    }
+    let refusals = cluster.agents[0].log().lines().filter(|l| l.contains("the browser's request was refused")).count();
+    assert!(
+        refusals >= 3,
+        "the image, the fetch and the navigation were not all refused:\n{}",
+        cluster.agents[0].log()
+    );
+}

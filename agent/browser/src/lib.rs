@@ -16,6 +16,7 @@
 mod desktop;
 mod driver;
 mod error;
+mod guard;
 mod policy;
 mod process;
 mod runner;
@@ -75,6 +76,9 @@ pub struct BrowserEngine {
     endpoints: BTreeMap<String, Endpoint>,
     browsers: Vec<BrowserInfo>,
     policy: UrlPolicy,
+    /// The proxy every request of a browser this agent starts goes through (not for a
+    /// remote WebDriver: its browser runs elsewhere).
+    guard: Option<guard::Guard>,
     desktop: Option<Desktop>,
     display: Option<String>,
 }
@@ -113,6 +117,7 @@ impl BrowserEngine {
                 version: version_of(&chromium).await,
                 driver_version: version_of(&chromedriver).await,
             });
+            session::chromium_sandbox();
             endpoints.insert(
                 "chrome".into(),
                 Endpoint::Supervised(SupervisedDriver::start(chromedriver, config.display.clone()).await?),
@@ -131,13 +136,14 @@ impl BrowserEngine {
             }
         }
         let desktop = config.display.clone().filter(|_| config.desktop_input).map(Desktop::new);
-        Ok(BrowserEngine {
-            endpoints,
-            browsers,
-            policy: UrlPolicy::new(&config.allow, &config.deny),
-            desktop,
-            display: config.display,
-        })
+        let policy = UrlPolicy::new(&config.allow, &config.deny);
+        let guard = match config.remote_webdriver {
+            Some(_) => None,
+            None => Some(guard::Guard::start(policy.clone()).await.map_err(|e| {
+                BrowserError::Unsupported(format!("cannot start the browser's policy proxy on loopback: {e}"))
+            })?),
+        };
+        Ok(BrowserEngine { endpoints, browsers, policy, guard, desktop, display: config.display })
     }
 
     /// What this agent offers: browsers (with versions), its X display, desktop input.
@@ -160,7 +166,8 @@ impl BrowserEngine {
             let desktop = self.admit(spec).await?;
             let headless = spec.headless.unwrap_or(true);
             let window = spec.window_size.as_ref().map(|w| (w.width, w.height)).unwrap_or(rules::DEFAULT_WINDOW);
-            let options = SessionOptions { browser: browser.clone(), headless, window };
+            let proxy = self.guard.as_ref().map(|g| g.addr);
+            let options = SessionOptions { browser: browser.clone(), headless, window, proxy };
             let scenario = runner::Scenario::new(spec, options, &self.policy, desktop, ctx);
             let driver_url = endpoint.url().await?;
             let mut report = BrowserReport {

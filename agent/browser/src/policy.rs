@@ -10,8 +10,9 @@
 //! and NAT64 IPv6 (`[::ffff:169.254.169.254]`, `[64:ff9b::a9fe:a9fe]`) are their IPv4
 //! address, and a trailing dot is dropped (`metadata.google.internal.`). A name is also
 //! checked by what it resolves to ([`UrlPolicy::check`]): a name that resolves
-//! to a denied or metadata address is denied. (The browser resolves again when it loads:
-//! a DNS answer that changes in between is not caught here.)
+//! to a denied or metadata address is denied. The agent checks a job's URLs before any
+//! browser starts; while the browser runs, every request it makes is checked again by the
+//! policy proxy ([`crate::guard`]), which connects only to the addresses it checked.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -36,16 +37,26 @@ impl UrlPolicy {
     /// and for a name every address it resolves to (in at most 2 s; a name that does not
     /// resolve is left to fail in the browser).
     pub async fn check(&self, url: &str) -> Result<(), String> {
-        let Some((name, ip, port)) = self.target(url)? else { return Ok(()) };
-        self.check_host(&name, ip)?;
-        if ip.is_some() {
-            return Ok(());
-        }
+        let Some((name, port)) = self.check_as_written(url)? else { return Ok(()) };
         let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((name.as_str(), port)));
         let Ok(Ok(addresses)) = lookup.await else { return Ok(()) };
-        let named = self.allow.iter().any(|p| p != "*" && matches(p, &name, None));
+        self.check_addresses(&name, addresses.map(|a| a.ip()))
+    }
+
+    /// The URL's scheme and host as written: `Err` when denied; `Some((name, port))` when
+    /// the host is a name whose addresses are still to be checked
+    /// ([`UrlPolicy::check_addresses`]); `None` when nothing is left to check.
+    pub fn check_as_written(&self, url: &str) -> Result<Option<(String, u16)>, String> {
+        let Some((name, ip, port)) = self.target(url)? else { return Ok(None) };
+        self.check_host(&name, ip)?;
+        Ok(ip.is_none().then_some((name, port)))
+    }
+
+    /// Whether the name may be reached at these addresses: `Err` names the first denied one.
+    pub fn check_addresses(&self, name: &str, addresses: impl IntoIterator<Item = IpAddr>) -> Result<(), String> {
+        let named = self.allow.iter().any(|p| p != "*" && matches(p, name, None));
         for address in addresses {
-            let ip = canonical(address.ip());
+            let ip = canonical(address);
             let shown = ip.to_string();
             if let Some(p) = self.deny.iter().find(|p| matches(p, &shown, Some(ip))) {
                 return Err(format!("host {name} resolves to {shown}, which matches the deny pattern {p}"));

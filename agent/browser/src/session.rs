@@ -13,8 +13,7 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longer than any wait a spec may ask for; waits end themselves page-side.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 
-const CHROMIUM_FLAGS: [&str; 8] = [
-    "--no-sandbox",
+const CHROMIUM_FLAGS: [&str; 7] = [
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
@@ -24,12 +23,49 @@ const CHROMIUM_FLAGS: [&str; 8] = [
     "--password-store=basic",
 ];
 
+/// Whether Chromium keeps its sandbox: yes where it can work — not as root (Chromium
+/// refuses) and where this process may create a user namespace (the sandbox's first need;
+/// a container's seccomp profile may forbid it). Decided once, and logged.
+pub(crate) fn chromium_sandbox() -> bool {
+    static SANDBOX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SANDBOX.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        let why_not = if unsafe { libc::geteuid() } == 0 {
+            Some("the agent runs as root")
+        } else if !user_namespaces() {
+            Some("user namespaces are not available here")
+        } else {
+            None
+        };
+        match why_not {
+            None => tracing::info!("Chromium runs with its sandbox"),
+            Some(why) => tracing::warn!(reason = why, "Chromium runs without its sandbox"),
+        }
+        why_not.is_none()
+    })
+}
+
+/// Whether a child of this process can enter a new user namespace.
+fn user_namespaces() -> bool {
+    use std::os::unix::process::CommandExt as _;
+    let mut probe = std::process::Command::new("/bin/true");
+    // SAFETY: between fork and exec the child only makes one system call.
+    unsafe {
+        probe.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    probe.stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
 /// How to start a browser: which one, headed or not, window size.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionOptions {
     pub browser: String,
     pub headless: bool,
     pub window: (u32, u32),
+    /// The agent's policy proxy ([`crate::guard`]): every request goes through it.
+    pub proxy: Option<std::net::SocketAddr>,
 }
 
 pub(crate) struct Session {
@@ -48,12 +84,32 @@ impl Session {
             if options.headless {
                 caps.add_arg("-headless").map_err(start_err)?;
             }
+            if let Some(proxy) = options.proxy {
+                let mut prefs = thirtyfour::common::capabilities::firefox::FirefoxPreferences::new();
+                let (ip, port) = (proxy.ip().to_string(), proxy.port());
+                prefs.set("network.proxy.type", 1).map_err(start_err)?;
+                for scheme in ["http", "ssl"] {
+                    prefs.set(&format!("network.proxy.{scheme}"), &ip).map_err(start_err)?;
+                    prefs.set(&format!("network.proxy.{scheme}_port"), port).map_err(start_err)?;
+                }
+                prefs.set("network.proxy.no_proxies_on", "").map_err(start_err)?;
+                prefs.set("network.proxy.allow_hijacking_localhost", true).map_err(start_err)?;
+                caps.set_preferences(prefs).map_err(start_err)?;
+            }
             (caps.into(), None)
         } else {
             let profile = new_profile_dir()?;
             let mut caps = DesiredCapabilities::chrome();
             for flag in CHROMIUM_FLAGS {
                 caps.add_arg(flag).map_err(start_err)?;
+            }
+            if !chromium_sandbox() {
+                caps.add_arg("--no-sandbox").map_err(start_err)?;
+            }
+            if let Some(proxy) = options.proxy {
+                caps.add_arg(&format!("--proxy-server=http://{proxy}")).map_err(start_err)?;
+                // Loopback too: an agent's policy may close it.
+                caps.add_arg("--proxy-bypass-list=<-loopback>").map_err(start_err)?;
             }
             if options.headless {
                 caps.add_arg("--headless=new").map_err(start_err)?;
