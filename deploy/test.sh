@@ -2,7 +2,7 @@
 # Runs every test of baton on a fresh machine: installs what is missing (deploy/install.sh),
 # builds the binaries the end-to-end tests start, then runs all unit and end-to-end tests
 # (real gRPC, grpcurl, Jaeger, Prometheus, Chromium + chromedriver, Xvfb, libtorch, and the
-# Helm chart on a real Kubernetes control plane).
+# Helm chart on a real Kubernetes control plane), and each fuzz target for 20 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
@@ -23,3 +23,5 @@ echo "==> cargo test"
 cargo test --workspace -- --skip kube::
 echo "==> cargo test: the deployment (tests/e2e/kube.rs)"
 cargo test -p baton-tests --test e2e -- kube:: --test-threads=1
+echo "==> fuzz (deploy/fuzz.sh: 20 s per target)"
+bash deploy/fuzz.sh 20
