@@ -65,17 +65,26 @@ impl DataRoots {
         Ok(resolved)
     }
 
-    /// A text file under a root, at most [`MAX_TEXT_FILE_BYTES`].
-    pub fn read_text(&self, path: &str) -> Result<String, String> {
+    /// A text file under a root, at most [`MAX_TEXT_FILE_BYTES`], read in 1 MiB pieces:
+    /// `None` as soon as `stopped()` says so (the job was cancelled or timed out).
+    pub fn read_text(&self, path: &str, stopped: impl Fn() -> bool) -> Result<Option<String>, String> {
         let file = self.file(path)?;
-        let mut text = String::new();
-        let read = std::fs::File::open(&file)
-            .and_then(|f| f.take(MAX_TEXT_FILE_BYTES + 1).read_to_string(&mut text))
-            .map_err(|e| format!("cannot be read: {e}"))?;
-        if read as u64 > MAX_TEXT_FILE_BYTES {
-            return Err(format!("is larger than {} MiB", MAX_TEXT_FILE_BYTES >> 20));
+        let mut file = std::fs::File::open(&file).map_err(|e| format!("cannot be read: {e}"))?;
+        let (mut bytes, mut piece) = (Vec::new(), vec![0u8; 1 << 20]);
+        loop {
+            if stopped() {
+                return Ok(None);
+            }
+            let n = file.read(&mut piece).map_err(|e| format!("cannot be read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&piece[..n]);
+            if bytes.len() as u64 > MAX_TEXT_FILE_BYTES {
+                return Err(format!("is larger than {} MiB", MAX_TEXT_FILE_BYTES >> 20));
+            }
         }
-        Ok(text)
+        String::from_utf8(bytes).map(Some).map_err(|_| "is not UTF-8 text".to_string())
     }
 }
 
@@ -96,18 +105,20 @@ mod tests {
         let roots = DataRoots::new(std::slice::from_ref(&root)).unwrap();
         let at = |p: &Path| p.to_string_lossy().into_owned();
 
-        assert_eq!(roots.read_text(&at(&root.join("text.txt"))).unwrap(), "hello");
-        let escaped = roots.read_text(&at(&root.join("../outside/secret.txt"))).unwrap_err();
+        assert_eq!(roots.read_text(&at(&root.join("text.txt")), || false).unwrap().as_deref(), Some("hello"));
+        // A cancel stops the read.
+        assert_eq!(roots.read_text(&at(&root.join("text.txt")), || true).unwrap(), None);
+        let escaped = roots.read_text(&at(&root.join("../outside/secret.txt")), || false).unwrap_err();
         assert!(escaped.starts_with("is not under this agent's data roots"), "{escaped}");
-        assert!(roots.read_text(&at(&root.join("link.txt"))).unwrap_err().starts_with("is not under"));
+        assert!(roots.read_text(&at(&root.join("link.txt")), || false).unwrap_err().starts_with("is not under"));
         let absent = roots.file(&at(&root.join("absent.txt"))).unwrap_err();
         assert_eq!(roots.file("/dev/zero").unwrap_err(), absent, "outside and absent read the same");
         let devices = DataRoots::new(&[PathBuf::from("/dev")]).unwrap();
-        assert_eq!(devices.read_text("/dev/zero").unwrap_err(), "is not a regular file");
+        assert_eq!(devices.read_text("/dev/zero", || false).unwrap_err(), "is not a regular file");
         let folder = roots.folder(&at(&root.join("ckpt")), &["config.json"]).unwrap_err();
         assert!(folder.starts_with("config.json is not under"), "{folder}");
         assert_eq!(
-            DataRoots::default().read_text(&at(&root.join("text.txt"))).unwrap_err(),
+            DataRoots::default().read_text(&at(&root.join("text.txt")), || false).unwrap_err(),
             "this agent reads no files for jobs: start it with --data-root DIR"
         );
         std::fs::remove_dir_all(&base).unwrap();

@@ -39,7 +39,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
     let attention_matrices = model::explicit_attention(device.device, compute, plan.config.attn_pdrop);
     setup::check_memory(&device, setup::train_bytes(&plan.config, spec.batch, spec.seq_len, bf16, attention_matrices))?;
-    let mut data = TrainData::new(&spec, plan.config.vocab_size, &caps.data_roots)?;
+    let mut data = TrainData::new(&spec, plan.config.vocab_size, &caps.data_roots, ctx)?;
     let threads = setup::set_threads(spec.threads, caps.torch_threads);
     setup::seed_torch(spec.seed);
     device::reset_peak_rss();
@@ -248,12 +248,15 @@ enum Source {
 }
 
 impl TrainData {
-    fn new(spec: &Gpt2TrainSpec, vocab_size: i64, roots: &DataRoots) -> Result<Self, Gpt2Error> {
+    fn new(spec: &Gpt2TrainSpec, vocab_size: i64, roots: &DataRoots, ctx: &JobContext) -> Result<Self, Gpt2Error> {
         let tokens = match &spec.data {
             None | Some(Data::Synthetic(_)) => None,
             Some(Data::Text(text)) => Some(Gpt2Tokenizer::new().encode(text)),
             Some(Data::TextFile(path)) => {
-                let text = roots.read_text(path).map_err(|e| Gpt2Error::Data(format!("textFile {path} {e}")))?;
+                let text = roots
+                    .read_text(path, || ctx.is_cancelled())
+                    .map_err(|e| Gpt2Error::Data(format!("textFile {path} {e}")))?
+                    .ok_or(Gpt2Error::Cancelled)?;
                 Some(Gpt2Tokenizer::new().encode(&text))
             }
             Some(Data::TokenIds(t)) => Some(t.ids.clone()),
