@@ -172,6 +172,8 @@ for image in "${agents[@]}"; do
       start_agent agent-browser
       pinned agent-browser examples/browser-login.json | submit browser-login-on-agent-browser agent-browser
       pinned agent-browser examples/desktop-login.json | submit desktop-login-on-agent-browser agent-browser
+      # uid 10001: Chromium keeps its sandbox where the runtime lets it make a user namespace.
+      echo "    $(podman logs "$run_id-agent-browser" 2>&1 | grep -oE 'Chromium runs with(out)? its sandbox( reason="[^"]*")?' | head -n1)"
       ;;
     *) fail "unknown image $image (agent-cpu agent-cuda agent-browser)" ;;
   esac
