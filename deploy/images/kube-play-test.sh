@@ -7,7 +7,12 @@
 # coordinator pod. Checks: the coordinator answers gRPC health through the Service port; the
 # agent pods register under their pod names with their pools; a job submitted through the
 # Service port succeeds on each; the coordinator's metrics show the pools; the `helm test`
-# pod's command exits 0. Everything is removed at the end, also on failure.
+# pod's command exits 0. Then the same release under TLS (security.insecure=false, the
+# coordinator's certificate and the CPU pool's client certificate from Secrets made with
+# openssl, tokens from `baton token`): plaintext is refused, the agent registers as
+# cpu/POD under its certificate, a job succeeds through the Service port over TLS with a
+# token, and the `helm test` pod passes with its token. Everything is removed at the end,
+# also on failure.
 #
 #   bash deploy/images/kube-play-test.sh      (BATON_IMAGES_REUSE=1: use the images as they are)
 set -euo pipefail
@@ -92,4 +97,49 @@ play test.yaml "$WORK/configmaps.yaml"
 code=$(podman wait one-baton-test-submit-submit)
 podman logs one-baton-test-submit-submit 2>&1 | tail -n 3 | sed 's/^/   /'
 [ "$code" = 0 ] || { echo "the helm test pod exited $code"; exit 1; }
+
+step "the same release under TLS: certificates and tokens from Secrets"
+for pod in "${pods[@]}"; do podman pod rm -f -t 5 "$pod" >/dev/null 2>&1 || true; done
+podman volume rm -f data-one-baton-coordinator-0 >/dev/null 2>&1 || true
+S=$WORK/secrets
+mkdir -p "$S/one-tls" "$S/cpu-tls" "$S/access" "$S/helm-test"
+( cd "$S"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=test-ca -keyout ca-key.pem -out one-tls/ca.crt 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=one-baton-coordinator -keyout one-tls/tls.key -out c.csr 2>/dev/null
+  openssl x509 -req -in c.csr -CA one-tls/ca.crt -CAkey ca-key.pem -days 1 -out one-tls/tls.crt 2>/dev/null \
+    -extfile <(printf "subjectAltName=DNS:one-baton-coordinator.one.svc,IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=cpu -keyout cpu-tls/tls.key -out a.csr 2>/dev/null
+  openssl x509 -req -in a.csr -CA one-tls/ca.crt -CAkey ca-key.pem -days 1 -out cpu-tls/tls.crt 2>/dev/null \
+    -extfile <(printf "extendedKeyUsage=clientAuth")
+  { echo "tokens:"
+    baton token helm-test --role submit --out helm-test/token
+    baton token root --role admin --out root.token; } > access/access.yaml )
+helm template one helm/baton --namespace one --kube-version 1.37.2 --set image.tag="$VERSION" \
+  --set security.insecure=false --set security.tls.existingSecret=one-tls --set security.accessSecret=access \
+  --set security.helmTestTokenSecret=helm-test \
+  --set-json 'agents.pools=[{"name":"cpu","kind":"cpu","replicas":1,"slots":1,"clientCertSecret":"cpu-tls"}]' \
+  > "$WORK/rendered-tls.yaml" 2>/dev/null
+URL=https://127.0.0.1:$GRPC
+secure() { baton --coordinator "$URL" --tls-ca "$S/one-tls/ca.crt" --token-file "$S/root.token" "$@"; }
+"$PY" deploy/images/kube-play.py "$WORK" - "$GRPC" "$METRICS" "$S" < "$WORK/rendered-tls.yaml"
+play coordinator.yaml
+eventually 20 'cpu|id' secure agents
+if baton --coordinator "http://127.0.0.1:$GRPC" agents >/dev/null 2>&1; then echo "plaintext got in"; exit 1; fi
+expect 'unauthenticated' baton --coordinator "$URL" --tls-ca "$S/one-tls/ca.crt" agents
+echo "   TLS on the Service port; plaintext and calls without a token refused"
+ip=$(podman inspect one-baton-coordinator-0-coordinator --format '{{.NetworkSettings.IPAddress}}')
+[ -n "$ip" ] || ip=$(podman pod inspect one-baton-coordinator-0 --format '{{.InfraContainerID}}' | xargs podman inspect --format '{{.NetworkSettings.IPAddress}}')
+"$PY" deploy/images/kube-play.py "$WORK" "$ip" "$GRPC" "$METRICS" "$S" < "$WORK/rendered-tls.yaml"
+play agent-cpu.yaml
+eventually 60 'cpu/one-baton-agent-cpu-0' secure agents
+echo "   agent cpu/one-baton-agent-cpu-0 registered under its certificate"
+job=$(secure -o json submit --wait "$WORK/on-cpu.json")
+expect '"state": "JOB_STATE_SUCCEEDED"' echo "$job"
+expect '"agentId": "cpu/one-baton-agent-cpu-0"' echo "$job"
+expect '"owner": "root"' echo "$job"
+echo "   a job succeeded over TLS, owned by root"
+play test.yaml "$WORK/configmaps.yaml"
+code=$(podman wait one-baton-test-submit-submit)
+podman logs one-baton-test-submit-submit 2>&1 | tail -n 3 | sed 's/^/   /'
+[ "$code" = 0 ] || { echo "the helm test pod exited $code under TLS"; exit 1; }
 echo "==> kube-play-test passed"
