@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything baton's build, demo and tests need on a fresh Debian 12 machine.
 # Idempotent: each step is skipped when its result is already there.
-# Tools land in .tools/ (Go binaries) and .venv/ (Python: libtorch, transformers, selenium).
+# Tools land in .tools/ (Go binaries, geckodriver) and .venv/ (Python: libtorch, transformers, selenium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -12,6 +12,7 @@ need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
 command -v Xvfb >/dev/null || need_apt+=(xvfb)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl) # the test control plane's certificates
@@ -24,6 +25,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# geckodriver (Firefox's WebDriver server) from crates.io, into .tools/bin.
+if [ ! -x "$GOBIN/geckodriver" ]; then
+  echo "==> cargo install geckodriver 0.37.1"
+  cargo install geckodriver --locked --version 0.37.1 --root "$ROOT/.tools" --quiet
 fi
 
 go_tool() { # name module@version

@@ -42,6 +42,11 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// PATH with the project's tools first: agents find geckodriver there.
+pub fn tools_path() -> String {
+    format!("{}:{}", workspace().join(".tools/bin").display(), std::env::var("PATH").unwrap_or_default())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
@@ -303,7 +308,7 @@ impl Cluster {
     pub fn add_agent_via(&mut self, name: &str, slots: u32, args: &[&str], coordinator_url: &str) -> usize {
         let mut cmd = Command::new(bin("baton-agent"));
         cmd.arg("--coordinator").arg(coordinator_url).arg("--name").arg(name).arg("--slots").arg(slots.to_string());
-        cmd.args(args).envs(self.env.iter().cloned());
+        cmd.env("PATH", tools_path()).args(args).envs(self.env.iter().cloned());
         self.agents.push(Proc::spawn(name, cmd, &self.dir.0));
         self.agents.len() - 1
     }

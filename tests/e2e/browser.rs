@@ -22,6 +22,16 @@ pub(crate) fn at_base(mut req: SubmitJobRequest, base: &str) -> SubmitJobRequest
     req
 }
 
+/// The login flow with its Login button looked for under a text it does not have.
+fn missing_element(mut req: SubmitJobRequest) -> SubmitJobRequest {
+    if let Some(job_spec::Kind::Browser(b)) = req.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+        let click = b.steps.iter_mut().find(|s| s.name == "click Login").unwrap();
+        let json = serde_json::to_string(click).unwrap().replace("text()=\\\"Login\\\"", "text()=\\\"Logn\\\"");
+        *click = serde_json::from_str(&json).unwrap();
+    }
+    req
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_flow_runs_as_a_job_with_page_and_interaction_timings_in_result_and_jaeger() {
     let site = Site::start().await;
@@ -117,12 +127,7 @@ async fn a_missing_element_fails_the_job_naming_the_step_with_a_screenshot_and_d
     cluster.wait_agents(1).await;
     let mut client = cluster.jobs().await;
 
-    let mut broken = at_site(example("browser-login.json"), &site);
-    if let Some(job_spec::Kind::Browser(b)) = broken.spec.as_mut().and_then(|s| s.kind.as_mut()) {
-        let click = b.steps.iter_mut().find(|s| s.name == "click Login").unwrap();
-        let json = serde_json::to_string(click).unwrap().replace("text()=\\\"Login\\\"", "text()=\\\"Logn\\\"");
-        *click = serde_json::from_str(&json).unwrap();
-    }
+    let broken = missing_element(at_site(example("browser-login.json"), &site));
     let id = client.submit_job(broken).await.unwrap().into_inner().id;
     let job = finished(&cluster, &id, Duration::from_secs(90)).await;
     assert_eq!(job.state(), JobState::Failed);
@@ -163,4 +168,44 @@ async fn chromium_keeps_its_sandbox_when_the_agent_is_not_root() {
     let job = finished(&cluster, &id, Duration::from_secs(90)).await;
     assert_eq!(job.state(), JobState::Succeeded, "{}\n{}", job.reason, agent.log());
     assert!(agent.log().contains("Chromium runs with its sandbox"), "{}", agent.log());
+}
+
+/// Issue 12: Firefox for real (Debian's firefox-esr, geckodriver from crates.io): the login
+/// flow with page and interaction timings, and a failure with its screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_runs_the_login_flow_and_a_failure_leaves_a_screenshot() {
+    let site = Site::start().await;
+    let mut cluster = Cluster::start(&[], &[]).await;
+    cluster.add_agent("firefox-1", 1, &[]);
+    cluster.wait_agents(1).await;
+    let mut client = cluster.jobs().await;
+    let on_firefox = |mut req: SubmitJobRequest| {
+        if let Some(job_spec::Kind::Browser(b)) = req.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+            b.browser = "firefox".into();
+        }
+        req
+    };
+    let id =
+        client.submit_job(on_firefox(at_site(example("browser-login.json"), &site))).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(90)).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
+    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("no browser result") };
+    assert_eq!(report.browser, "firefox");
+    assert!(report.browser_version.starts_with("1"), "{}", report.browser_version);
+    let steps = &report.repeats[0].steps;
+    let page = steps[0].page.as_ref().expect("the open step has page timing");
+    assert!(page.ttfb_ms > 0.0 && page.ttfb_ms <= page.dom_content_loaded_ms, "{page:?}");
+    assert!(page.dom_content_loaded_ms <= page.load_ms, "{page:?}");
+    let dashboard = steps.iter().find(|s| s.name == "dashboard visible").expect("the wait step");
+    let interaction = dashboard.interaction.as_ref().expect("click → dashboard is measured");
+    assert!(interaction.browser_ms > 0.0 && interaction.wall_ms > 0.0, "{interaction:?}");
+
+    let broken = missing_element(on_firefox(at_site(example("browser-login.json"), &site)));
+    let id = client.submit_job(broken).await.unwrap().into_inner().id;
+    let job = finished(&cluster, &id, Duration::from_secs(90)).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert!(job.reason.starts_with("step 4 \"click Login\": no element matches"), "{}", job.reason);
+    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("no report") };
+    let failure = report.failure.expect("the failure is described");
+    assert!(failure.screenshot_png.starts_with(b"\x89PNG"), "a PNG screenshot is attached");
 }

@@ -377,6 +377,7 @@ async fn a_follower_forwards_over_tls_and_the_leader_checks_the_token_again() {
 /// While a browser job runs, every request goes through the agent's policy proxy: an
 /// image, a fetch and a script-initiated navigation to a denied address never leave the
 /// machine (the address sees no connection at all); the browser gets the refusal instead.
+/// In Chromium and in Firefox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_reaches_nothing_the_policy_denies() {
     let site = Site::start().await;
