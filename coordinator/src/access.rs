@@ -130,8 +130,8 @@ impl Jwt {
             None => None,
         }
         .ok_or("the JWT's signing key (kid) is not in the JWKS")?;
-        // The algorithm must be the key's own, when the key names one; the key's family
-        // (RSA, EC, Ed25519) bounds it anyway, and `none` or HMAC never verify here.
+        // The algorithm must be the key's own, when the key names one; the key's type
+        // (RSA, EC, OKP) bounds it anyway, and `none` never verifies.
         if jwk.common.key_algorithm.is_some_and(|a| a.to_string() != format!("{:?}", header.alg)) {
             return Err(format!("the JWT's algorithm {:?} is not its key's", header.alg));
         }

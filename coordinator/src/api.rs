@@ -14,7 +14,7 @@ use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::agent_service_server::AgentService;
 use baton_proto::v1::job_service_server::JobService;
 use baton_proto::v1::{
-    Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Job, JobState,
+    Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Hello, Job, JobState,
     JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
     SubmitJobsRequest, SubmitJobsResponse, UndrainAgentRequest, WatchJobRequest, Welcome, coordinator_message,
 };
@@ -110,6 +110,17 @@ fn audit<'a>(who: &Principal, from: &str, call: &str, job_ids: impl IntoIterator
     for job_id in job_ids {
         tracing::info!(target: "baton::audit", who, from, call, job_id, "audit");
     }
+}
+
+/// What an agent's hello must hold before the state sees it.
+pub fn check_hello(hello: &Hello) -> Result<(), Status> {
+    if hello.agent_id.is_empty() {
+        return Err(Status::invalid_argument("hello.agentId: is required"));
+    }
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!("hello.slots: must be between 1 and {MAX_SLOTS}")));
+    }
+    Ok(())
 }
 
 fn require_id(id: &str, field: &str) -> Result<(), Status> {
@@ -247,7 +258,7 @@ impl JobService for Api {
         let from = caller(&req);
         let req = req.into_inner();
         require_id(&req.id, "id")?;
-        who.require_job(&coordinator.get(&req.id).await?.owner, AccessRole::Admin, "CancelJob")?;
+        who.require_job(&coordinator.owner(&req.id)?, AccessRole::Admin, "CancelJob")?;
         if req.reason.chars().count() > MAX_CANCEL_REASON_CHARS {
             return Err(Status::invalid_argument(format!(
                 "reason: must be at most {MAX_CANCEL_REASON_CHARS} characters"
@@ -320,9 +331,7 @@ impl AgentService for Api {
             Some(AgentMessage { kind: Some(AgentKind::Hello(h)) }) => h,
             _ => return Err(Status::invalid_argument("the first message on ConnectAgent must be hello")),
         };
-        if hello.agent_id.is_empty() {
-            return Err(Status::invalid_argument("hello.agentId: is required"));
-        }
+        check_hello(&hello)?;
         // An authenticated agent's id is its identity (or under it, `name/...`: agents that
         // share one pool certificate), never a free claim.
         if !who.name.is_empty() && hello.agent_id != who.name && !hello.agent_id.starts_with(&format!("{}/", who.name))
@@ -331,9 +340,6 @@ impl AgentService for Api {
                 "hello.agentId: must be {0} or start with {0}/ (the identity this agent authenticated as)",
                 who.name
             )));
-        }
-        if hello.slots == 0 || hello.slots > MAX_SLOTS {
-            return Err(Status::invalid_argument(format!("hello.slots: must be between 1 and {MAX_SLOTS}")));
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let welcome = Welcome {

@@ -428,6 +428,13 @@ impl Coordinator {
         records.iter().map(|j| view(&inner.state, j, None)).collect()
     }
 
+    /// Who submitted the job (it never changes, so no need to wait for durability or load
+    /// its result): for checking a call on it.
+    pub fn owner(&self, id: &str) -> Result<String, Error> {
+        let inner = self.lock();
+        Ok(inner.state.job(id).ok_or_else(|| StateError::JobNotFound(id.to_string()))?.owner.clone())
+    }
+
     pub async fn get(&self, id: &str) -> Result<Job, Error> {
         let record = self
             .read_durable(|inner| inner.dirty_generation([id]).map_or_else(|| Ok(inner.state.job(id).cloned()), Err))

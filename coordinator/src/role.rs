@@ -109,9 +109,8 @@ impl Role {
 /// refuses it rather than forward it again (no call bounces between coordinators).
 const FORWARDED_METADATA: &str = "baton-forwarded";
 
-/// Who made the call, as far as the coordinator can tell: the client's address, or for a
-/// call a follower forwarded, the address the follower saw. (The security issue's tokens
-/// will name a principal.)
+/// Where the call came from: the client's address, or for a call a follower forwarded,
+/// the address the follower saw (who the caller is: [`crate::access`]).
 pub fn caller<T>(request: &Request<T>) -> String {
     if let Some(original) = request.metadata().get(FORWARDED_METADATA).and_then(|v| v.to_str().ok()) {
         return original.to_string();

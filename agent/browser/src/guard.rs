@@ -130,8 +130,12 @@ impl Guard {
     }
 }
 
+fn body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 fn text(status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(message)).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(body(Bytes::from(message)));
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("a header"));
     response
@@ -160,7 +164,7 @@ async fn handle(
                 let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut tunnel).await;
             }
         });
-        return Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()));
+        return Ok(Response::new(body(Bytes::new())));
     }
     // The host as written first (an address is refused here; a name again by its addresses
     // when the pool needs a new connection to it).
@@ -171,7 +175,7 @@ async fn handle(
         req.headers_mut().remove(hop_by_hop);
     }
     match upstream.request(req).await {
-        Ok(response) => Ok(response.map(|body| body.boxed())),
+        Ok(response) => Ok(response.map(|upstream_body| upstream_body.boxed())),
         Err(e) => {
             // The resolver's refusal travels as the connect error's source.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

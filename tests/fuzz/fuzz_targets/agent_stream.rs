@@ -2,7 +2,7 @@
 //! protobuf `AgentMessage`, the first a hello) applied to the coordinator's state with
 //! three jobs queued — never a panic, whatever the agent claims.
 #![no_main]
-use baton_coordinator::api::MAX_SLOTS;
+use baton_coordinator::api::check_hello;
 use baton_coordinator::record::NewJob;
 use baton_coordinator::state::State;
 use baton_proto::v1::agent_message::Kind;
@@ -44,7 +44,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         },
     };
     // What the API refuses before the state sees it.
-    if hello.agent_id.is_empty() || hello.slots == 0 || hello.slots > MAX_SLOTS {
+    if check_hello(&hello).is_err() {
         return;
     }
     state.hello(&hello, now);
