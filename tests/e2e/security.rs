@@ -220,6 +220,9 @@ async fn only_who_belongs_gets_in_over_tls_with_tokens_and_client_certificates()
     let s = Secured::start(1, &[]).await;
     let (port, token) = (s.port, std::fs::read_to_string(s.token("alice")).unwrap());
     let (cert, key) = (s.cert.clone(), s.key.clone());
+    // A client that connects and never starts its handshake holds up no one: it stays
+    // connected through every check below.
+    let _stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
 
     // Plaintext, no credentials, an unknown token, a wrong role: refused, each saying why.
     let (code, out) = s.baton_with(&format!("http://127.0.0.1:{port}"), &s.ca.cert, Some("root"), &["list"]);
@@ -317,6 +320,15 @@ async fn only_who_belongs_gets_in_over_tls_with_tokens_and_client_certificates()
         );
     }
     assert!(!log.contains(token.trim()), "a token reached the log");
+
+    // An access file broken while running keeps the rules loaded before, and says so.
+    std::fs::write(s.dir.0.join("access.yaml"), "tokens: [not, a, list, of, entries]\n").unwrap();
+    eventually(Duration::from_secs(10), "the broken access file to be noticed", || async {
+        s.coordinators[0].log().contains("access file does not load: keeping the old one").then_some(())
+    })
+    .await;
+    let (code, out) = s.baton(Some("reader"), &["list"]);
+    assert_eq!(code, 0, "the old rules no longer hold: {out}");
 
     // Rotation: a certificate from another CA written over the files serves new connections
     // within a reload period, without a restart; the old CA no longer verifies it.
