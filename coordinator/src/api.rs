@@ -8,13 +8,14 @@ use crate::secrets::Keyring;
 use crate::state::{AgentEntry, StateError};
 use baton_proto::access::AccessRole;
 use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
+use baton_proto::spec::sweep::{Point, expand, is_sweep};
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::agent_service_server::AgentService;
 use baton_proto::v1::job_service_server::JobService;
 use baton_proto::v1::{
-    Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Hello, Job, JobState,
+    Agent, AgentMessage, CancelJobRequest, JobSpec, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Hello, Job, JobState,
     JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
     SubmitJobsRequest, SubmitJobsResponse, UndrainAgentRequest, WatchJobRequest, Welcome, coordinator_message,
 };
@@ -97,10 +98,26 @@ fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring, owner: &
         ));
     }
     let mut spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
-    baton_proto::spec::validate(&spec).map_err(|e| SpecError::new(format!("{prefix}{}", e.field), e.rule))?;
-    let secrets =
-        keyring.seal(&mut spec).map_err(|e| SpecError::new(format!("{prefix}spec.browser.secrets"), e.to_string()))?;
-    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, owner: owner.to_string(), ..Default::default() })
+    let located = |e: SpecError| SpecError::new(format!("{prefix}{}", e.field), e.rule);
+    baton_proto::spec::validate(&spec).map_err(located)?;
+    let seal = |spec: &mut JobSpec| {
+        keyring.seal(spec).map_err(|e| SpecError::new(format!("{prefix}spec.browser.secrets"), e.to_string()))
+    };
+    let points = if is_sweep(&spec) {
+        let points = expand(&spec).map_err(located)?;
+        let mut checked = Vec::with_capacity(points.len());
+        for Point { mut spec, point } in points {
+            let secrets = seal(&mut spec)?;
+            checked.push(NewJob { spec, secrets, point: Some(point), owner: owner.to_string(), ..Default::default() });
+        }
+        checked
+    } else {
+        Vec::new()
+    };
+    // A sweep never runs itself: its secrets are masked in its spec and sealed only in
+    // its points'.
+    let secrets = seal(&mut spec)?.filter(|_| points.is_empty());
+    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, owner: owner.to_string(), points, ..Default::default() })
 }
 
 /// One audit line per job a state-changing call touched: who (the principal, and the
@@ -165,6 +182,9 @@ impl JobService for Api {
             .map(|(i, r)| check_submit(r, &format!("jobs[{i}]."), &coordinator.config.keyring, &who.name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        if checked.iter().map(|c| c.points.len().max(1)).sum::<usize>() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("jobs: at most {MAX_BATCH} per call, sweeps' points included")));
+        }
         let jobs = coordinator.submit(checked, &cx).await;
         audit(&who, &from, "SubmitJobs", jobs.iter().map(|j| j.id.as_str()));
         Ok(Response::new(SubmitJobsResponse { jobs }))
@@ -218,7 +238,7 @@ impl JobService for Api {
             Ok(JobView::Full) => true,
             Err(_) => return Err(Status::invalid_argument(format!("view: {} is not a job view", req.view))),
         };
-        let filter = JobFilter { states, labels: req.labels, owner };
+        let filter = JobFilter { states, labels: req.labels, owner, sweep_id: req.sweep_id };
         let (jobs, next) = coordinator.list(&filter, before, page_size, full).await?;
         Ok(Response::new(ListJobsResponse { jobs, next_page_token: next.map(|s| s.to_string()).unwrap_or_default() }))
     }

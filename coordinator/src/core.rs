@@ -20,9 +20,9 @@ use baton_proto::limits::MAX_PAGE_BYTES;
 use baton_proto::telemetry::{extract, inject};
 use baton_proto::v1::{
     AgentMessage, Assignment, CancelAssignment, CoordinatorMessage, FinishedAck, Hello, Job, JobResult, JobState,
-    coordinator_message,
+    SweepProgress, coordinator_message,
 };
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Link, Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -387,9 +387,12 @@ impl Coordinator {
                     continue;
                 }
                 baton_proto::spec::normalize(&mut new.spec);
+                let points = std::mem::take(&mut new.points);
+                let n = points.len() as u32;
+                new.sweep = (n > 0).then(|| SweepProgress { points: n, queued: n, ..Default::default() });
                 let id = uuid::Uuid::now_v7().to_string();
                 let spec = &new.spec;
-                let span = tracer
+                let mut span = tracer
                     .span_builder("baton.v1.JobService/SubmitJob")
                     .with_kind(SpanKind::Server)
                     .with_attributes([
@@ -400,16 +403,31 @@ impl Coordinator {
                         KeyValue::new("baton.job.name", baton_proto::job::display_name(spec).to_string()),
                     ])
                     .start_with_context(&tracer, client_cx);
-                let sc = span.span_context().clone();
-                let (traceparent, trace_id) = if sc.is_valid() {
-                    let cx = Context::new().with_remote_span_context(sc.clone());
-                    let traceparent = inject(&cx).remove("traceparent").unwrap_or_default();
-                    (traceparent, sc.trace_id().to_string())
-                } else {
-                    (String::new(), String::new())
-                };
-                spans.push(span);
+                let sweep_cx = span.span_context().clone();
+                let (traceparent, trace_id) = trace_of(&sweep_cx);
+                // The sweep is stored first: its points' moves update it.
                 actions.extend(state.submit(NewJob { id: id.clone(), traceparent, trace_id, ..new }));
+                // Each point has a trace of its own, linked both ways with the sweep's.
+                for mut point in points {
+                    baton_proto::spec::normalize(&mut point.spec);
+                    let point_id = uuid::Uuid::now_v7().to_string();
+                    let point_span = tracer
+                        .span_builder("baton.sweep.point")
+                        .with_links(vec![Link::with_context(sweep_cx.clone())])
+                        .with_attributes([
+                            KeyValue::new("baton.job.id", point_id.clone()),
+                            KeyValue::new("baton.sweep.id", id.clone()),
+                            KeyValue::new("baton.job.name", baton_proto::job::display_name(&point.spec).to_string()),
+                        ])
+                        .start_with_context(&tracer, &Context::new());
+                    let point_cx = point_span.span_context().clone();
+                    span.add_link(point_cx.clone(), Vec::new());
+                    let (traceparent, trace_id) = trace_of(&point_cx);
+                    spans.push(point_span);
+                    let point = NewJob { id: point_id, sweep_id: id.clone(), traceparent, trace_id, ..point };
+                    actions.extend(state.submit(point));
+                }
+                spans.push(span);
                 ids.push(id);
             }
             (ids, actions)
@@ -607,11 +625,14 @@ pub struct JobFilter {
     pub labels: HashMap<String, String>,
     /// Only this principal's jobs (a caller who may see only its own).
     pub owner: Option<String>,
+    /// Only this sweep's points ("" for any job).
+    pub sweep_id: String,
 }
 
 impl JobFilter {
     fn matches(&self, job: &JobRecord) -> bool {
         (self.states.is_empty() || self.states.contains(&job.state))
+            && (self.sweep_id.is_empty() || self.sweep_id == job.sweep_id)
             && self.owner.as_ref().is_none_or(|owner| *owner == job.owner)
             && (self.labels.is_empty() || {
                 let labels = job.spec().labels;
@@ -622,9 +643,19 @@ impl JobFilter {
 
 /// The job as clients see it: with its progress, and a queued job no connected agent can
 /// run says why.
+/// A span's W3C traceparent and trace id (empty when tracing is off).
+fn trace_of(sc: &SpanContext) -> (String, String) {
+    if !sc.is_valid() {
+        return (String::new(), String::new());
+    }
+    let cx = Context::new().with_remote_span_context(sc.clone());
+    (inject(&cx).remove("traceparent").unwrap_or_default(), sc.trace_id().to_string())
+}
+
 fn view(state: &State, record: &JobRecord, result: Option<JobResult>) -> Job {
     let mut job = record_view(record, result, state.progress_of(&record.id));
     if job.state() == JobState::Queued
+        && record.sweep.is_none()
         && let Some(reason) = state.unschedulable_reason(record)
     {
         job.reason = reason;

@@ -5,7 +5,7 @@
 //! fields) never reach them, and the record can change shape without touching the API.
 
 use baton_proto::spec::Placement;
-use baton_proto::v1::{Job, JobResult, JobSpec, JobState, Progress};
+use baton_proto::v1::{Job, JobResult, JobSpec, JobState, Progress, SweepPoint, SweepProgress};
 use prost::Message;
 
 #[allow(clippy::all, missing_docs)]
@@ -28,12 +28,20 @@ pub struct NewJob {
     pub secrets: Option<SealedSecrets>,
     /// Who submitted it (empty without authentication).
     pub owner: String,
+    /// A point of a sweep: the sweep's id and the point's values.
+    pub sweep_id: String,
+    pub point: Option<SweepPoint>,
+    /// A sweep: its points as checked (the coordinator gives them ids and `sweep_id`),
+    /// and, once taken out, how they stand.
+    pub points: Vec<NewJob>,
+    pub sweep: Option<SweepProgress>,
 }
 
 impl JobRecord {
     /// A new queued job.
     pub fn queued(seq: u64, new: NewJob) -> Self {
-        let NewJob { id, spec, idempotency_key, traceparent, trace_id, secrets, owner } = new;
+        let NewJob { id, spec, idempotency_key, traceparent, trace_id, secrets, owner, sweep_id, point, sweep, .. } =
+            new;
         Self {
             id,
             seq,
@@ -48,6 +56,9 @@ impl JobRecord {
             trace_id,
             secrets,
             owner,
+            sweep_id,
+            point,
+            sweep,
             ..Default::default()
         }
     }
@@ -73,8 +84,12 @@ pub fn scoped_key(owner: &str, key: &str) -> String {
     if owner.is_empty() { key.to_string() } else { format!("{owner}\0{key}") }
 }
 
-/// The job as clients see it.
+/// The job as clients see it. A sweep's progress is how many of its points are finished.
 pub fn view(record: &JobRecord, result: Option<JobResult>, progress: Option<&Progress>) -> Job {
+    let progress = match &record.sweep {
+        Some(c) => Some(sweep_progress(c)),
+        None => progress.cloned(),
+    };
     Job {
         id: record.id.clone(),
         spec: Some(record.spec()),
@@ -85,12 +100,30 @@ pub fn view(record: &JobRecord, result: Option<JobResult>, progress: Option<&Pro
         submitted_at: record.submitted_at,
         started_at: record.started_at,
         finished_at: record.finished_at,
-        progress: progress.cloned(),
+        progress,
         result,
         idempotency_key: record.idempotency_key.clone(),
         trace_id: record.trace_id.clone(),
         cancel_requested: record.cancel_requested,
         assigned_at: record.assigned_at,
         owner: record.owner.clone(),
+        sweep_id: record.sweep_id.clone(),
+        point: record.point.clone(),
+        sweep: record.sweep.clone(),
+    }
+}
+
+fn sweep_progress(c: &SweepProgress) -> Progress {
+    let done = c.succeeded + c.failed + c.cancelled;
+    let mut message = format!("{done} of {} points finished, {} running", c.points, c.running);
+    for (n, what) in [(c.failed, "failed"), (c.cancelled, "cancelled")] {
+        if n > 0 {
+            message.push_str(&format!(", {n} {what}"));
+        }
+    }
+    Progress {
+        fraction: if c.points == 0 { 1.0 } else { f64::from(done) / f64::from(c.points) },
+        message,
+        metrics: Default::default(),
     }
 }

@@ -14,7 +14,9 @@ use baton_proto::job::{now, timed_out_reason, to_duration, to_system_time};
 use baton_proto::limits::{enforce_progress_limit, enforce_report_limits};
 use baton_proto::spec::Placement;
 use baton_proto::v1::agent_message::Kind as AgentKind;
-use baton_proto::v1::{AgentMessage, Capabilities, Hello, JobFinished, JobResult, JobState, Progress, job_finished};
+use baton_proto::v1::{
+    AgentMessage, Capabilities, Hello, JobFinished, JobResult, JobState, Progress, SweepProgress, job_finished,
+};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,8 +40,24 @@ pub const TRANSITIONS: &[(JobState, JobState, &str)] = {
     ]
 };
 
+/// Every legal change of a sweep's state: it follows its points (`Event::Sweep`).
+pub const SWEEP_TRANSITIONS: &[(JobState, JobState, &str)] = {
+    use JobState::*;
+    &[
+        (Queued, Running, "one of its points is handed to an agent"),
+        (Queued, Cancelled, "every point was cancelled before any ran"),
+        (Running, Succeeded, "every point succeeded"),
+        (Running, Failed, "every point is finished and one or more failed"),
+        (Running, Cancelled, "every point is finished, none failed and one or more was cancelled"),
+    ]
+};
+
 pub fn is_legal(from: JobState, to: JobState) -> bool {
     TRANSITIONS.iter().any(|(f, t, _)| *f == from && *t == to)
+}
+
+pub fn is_legal_for_sweep(from: JobState, to: JobState) -> bool {
+    SWEEP_TRANSITIONS.iter().any(|(f, t, _)| *f == from && *t == to)
 }
 
 /// What happens to a job; [`apply`] turns it into the record's next version.
@@ -54,6 +72,8 @@ pub enum Event {
     Finish { state: JobState, reason: String, with_result: bool },
     /// The attempt ended without settling the job; it waits for the next one.
     Retry { reason: String },
+    /// A sweep's points moved it to this state (sweeps take no other event).
+    Sweep { state: JobState, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -70,9 +90,12 @@ pub fn apply(job: &mut JobRecord, event: Event) -> Result<(), Illegal> {
         Event::Start { .. } => JobState::Running,
         Event::Finish { state, .. } => *state,
         Event::Retry { .. } => JobState::Queued,
+        Event::Sweep { state, .. } => *state,
     };
     let from = job.state();
-    if !is_legal(from, to) {
+    let sweep = job.sweep.is_some();
+    let legal = if sweep { is_legal_for_sweep(from, to) } else { is_legal(from, to) };
+    if !legal || sweep != matches!(event, Event::Sweep { .. }) {
         return Err(Illegal { from, to });
     }
     match event {
@@ -94,6 +117,14 @@ pub fn apply(job: &mut JobRecord, event: Event) -> Result<(), Illegal> {
         Event::Retry { reason } => {
             job.reason = reason;
             job.started_at = None;
+        }
+        Event::Sweep { state, reason } => {
+            job.reason = reason;
+            if state == JobState::Running {
+                job.started_at = Some(now());
+            } else {
+                job.finished_at = Some(now());
+            }
         }
     }
     job.state = to as i32;
@@ -219,6 +250,8 @@ pub struct State {
     finished: BTreeSet<(SystemTime, u64)>,
     /// Idempotency key → seq.
     by_key: HashMap<String, u64>,
+    /// A sweep's id → its points' seqs.
+    points: HashMap<String, BTreeSet<u64>>,
     agents: HashMap<String, AgentEntry>,
     /// Agents drained by an operator (durable, remembered across restarts).
     drained: HashSet<String>,
@@ -279,7 +312,12 @@ impl State {
                 state.by_key.insert(job.scoped_key(), job.seq);
             }
             state.seqs.insert(id.clone(), job.seq);
+            if !job.sweep_id.is_empty() {
+                state.points.entry(job.sweep_id.clone()).or_default().insert(job.seq);
+            }
             match job.state() {
+                // A sweep is never queued nor on an agent itself; its points are.
+                JobState::Queued | JobState::Assigned | JobState::Running if job.sweep.is_some() => {}
                 JobState::Queued => state.enqueue(&job),
                 JobState::Assigned | JobState::Running => {
                     let agent = state
@@ -404,21 +442,84 @@ impl State {
         Some(format!("no connected agent can run this job: {}", reasons.join("; ")))
     }
 
-    /// Accepts a validated, normalized spec as a new queued job.
+    /// Accepts a validated, normalized spec as a new queued job. A sweep is submitted
+    /// before its points (each a `NewJob` naming it in `sweep_id`), in the same call.
     pub fn submit(&mut self, new: NewJob) -> Vec<Action> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let kind = new.spec.kind.as_ref().map(baton_proto::job::kind_name).unwrap_or("");
-        *self.tally.submitted.entry(kind).or_default() += 1;
         let id = new.id.clone();
         let job = JobRecord::queued(seq, new);
         if !job.idempotency_key.is_empty() {
             self.by_key.insert(job.scoped_key(), seq);
         }
         self.seqs.insert(id.clone(), seq);
-        self.enqueue(&job);
+        if job.sweep.is_none() {
+            *self.tally.submitted.entry(job.placement().kind).or_default() += 1;
+            self.enqueue(&job);
+        }
+        if !job.sweep_id.is_empty() {
+            self.points.entry(job.sweep_id.clone()).or_default().insert(seq);
+        }
         self.records.insert(seq, Box::new(job));
         vec![Action::Persist(id)]
+    }
+
+    /// The one door to [`apply`] for a job in the state: a point's move also moves its
+    /// sweep's counts, and the sweep's state when they say so (the extra actions persist
+    /// the sweep).
+    fn transition(&mut self, seq: u64, event: Event) -> Result<Vec<Action>, Illegal> {
+        let Some(job) = self.records.get_mut(&seq) else { return Ok(Vec::new()) };
+        let from = job.state();
+        apply(job, event)?;
+        let to = job.state();
+        if job.sweep_id.is_empty() || from == to {
+            return Ok(Vec::new());
+        }
+        let sweep_id = job.sweep_id.clone();
+        Ok(self.point_moved(&sweep_id, from, to))
+    }
+
+    fn point_moved(&mut self, sweep_id: &str, from: JobState, to: JobState) -> Vec<Action> {
+        let Some(sweep) = self.job_mut(sweep_id) else { return Vec::new() };
+        let Some(counts) = sweep.sweep.as_mut() else { return Vec::new() };
+        fn count(c: &mut SweepProgress, state: JobState) -> &mut u32 {
+            match state {
+                JobState::Queued | JobState::Unspecified => &mut c.queued,
+                JobState::Assigned | JobState::Running => &mut c.running,
+                JobState::Succeeded => &mut c.succeeded,
+                JobState::Failed => &mut c.failed,
+                JobState::Cancelled => &mut c.cancelled,
+            }
+        }
+        let old = count(counts, from);
+        *old = old.saturating_sub(1);
+        *count(counts, to) += 1;
+        let c = counts.clone();
+        let target = if c.succeeded + c.failed + c.cancelled < c.points {
+            if c.queued == c.points { JobState::Queued } else { JobState::Running }
+        } else if c.failed > 0 {
+            JobState::Failed
+        } else if c.cancelled > 0 {
+            JobState::Cancelled
+        } else {
+            JobState::Succeeded
+        };
+        if target != sweep.state() {
+            let reason = match target {
+                JobState::Failed => format!("{} of {} points failed", c.failed, c.points),
+                JobState::Cancelled => format!("{} of {} points were cancelled", c.cancelled, c.points),
+                _ => String::new(),
+            };
+            match apply(sweep, Event::Sweep { state: target, reason }) {
+                Ok(()) if target.is_terminal() => {
+                    let key = finished_key(sweep);
+                    self.finished.insert(key);
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(sweep_id, error = %e, "a sweep's move refused by its lifecycle"),
+            }
+        }
+        vec![Action::Persist(sweep_id.to_string())]
     }
 
     /// Places queued jobs on agents with free slots: priority, then FIFO across all
@@ -469,10 +570,8 @@ impl State {
             if let Some(n) = free.get_mut(&agent_id) {
                 *n -= 1;
             }
-            let Some(job) = self.records.get_mut(&key.1) else { continue };
-            if apply(job, Event::Assign { agent_id: agent_id.clone() }).is_err() {
-                continue;
-            }
+            let Ok(sweep) = self.transition(key.1, Event::Assign { agent_id: agent_id.clone() }) else { continue };
+            actions.extend(sweep);
             self.progress.remove(&job_id);
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.running.insert(job_id.clone());
@@ -524,11 +623,12 @@ impl State {
             if let Some(held) = hello.running.iter().find(|r| r.job_id == job_id && r.attempt == attempt) {
                 let cancel_requested = job.cancel_requested;
                 let started_at = held.started_at.unwrap_or_else(now);
-                if let Some(job) = self.owned(&id, &job_id, attempt)
-                    && job.state() == JobState::Assigned
-                    && apply(job, Event::Start { at: started_at }).is_ok()
+                if let Some(seq) =
+                    self.owned(&id, &job_id, attempt).filter(|j| j.state() == JobState::Assigned).map(|j| j.seq)
+                    && let Ok(sweep) = self.transition(seq, Event::Start { at: started_at })
                 {
                     actions.push(Action::Persist(job_id.clone()));
+                    actions.extend(sweep);
                 }
                 if cancel_requested {
                     actions.push(Action::Cancel {
@@ -626,12 +726,13 @@ impl State {
     }
 
     pub fn started(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Vec<Action> {
-        match self.owned(agent_id, job_id, attempt) {
-            Some(job) if job.state() == JobState::Assigned => match apply(job, Event::Start { at: now() }) {
-                Ok(()) => vec![Action::Persist(job_id.to_string())],
-                Err(_) => Vec::new(),
-            },
-            _ => Vec::new(),
+        let Some(seq) = self.owned(agent_id, job_id, attempt).filter(|j| j.state() == JobState::Assigned).map(|j| j.seq)
+        else {
+            return Vec::new();
+        };
+        match self.transition(seq, Event::Start { at: now() }) {
+            Ok(sweep) => std::iter::once(Action::Persist(job_id.to_string())).chain(sweep).collect(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -683,13 +784,16 @@ impl State {
     /// Applies an event that may settle the job; keeps the queue and the retention index
     /// in step with the job's new state.
     fn settle(&mut self, job_id: &str, event: Event) -> Vec<Action> {
-        let Some(job) = self.job_mut(job_id) else { return Vec::new() };
-        let was_queued = job.state() == JobState::Queued;
-        if let Err(e) = apply(job, event) {
-            tracing::warn!(job_id, error = %e, "event refused by the job lifecycle");
-            return Vec::new();
-        }
-        let job = job.clone();
+        let Some(job) = self.job(job_id) else { return Vec::new() };
+        let (seq, was_queued) = (job.seq, job.state() == JobState::Queued);
+        let sweep = match self.transition(seq, event) {
+            Ok(sweep) => sweep,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "event refused by the job lifecycle");
+                return Vec::new();
+            }
+        };
+        let Some(job) = self.job(job_id).cloned() else { return Vec::new() };
         if was_queued {
             self.dequeue(&job);
         }
@@ -704,7 +808,7 @@ impl State {
             }
             _ => {}
         }
-        vec![Action::Persist(job_id.to_string())]
+        std::iter::once(Action::Persist(job_id.to_string())).chain(sweep).collect()
     }
 
     /// The current attempt ended without settling the job: retry while attempts remain,
@@ -791,6 +895,10 @@ impl State {
             if !job.idempotency_key.is_empty() {
                 self.by_key.remove(&job.scoped_key());
             }
+            if let Some(points) = self.points.get_mut(&job.sweep_id) {
+                points.remove(&seq);
+            }
+            self.points.remove(&job.id);
             actions.push(Action::Remove(job.id));
         }
         actions
@@ -801,6 +909,9 @@ impl State {
     pub fn cancel(&mut self, job_id: &str, reason: &str) -> Result<Vec<Action>, StateError> {
         let job = self.job_mut(job_id).ok_or_else(|| StateError::JobNotFound(job_id.to_string()))?;
         let reason = if reason.is_empty() { "cancelled by request".to_string() } else { reason.to_string() };
+        if job.sweep.is_some() {
+            return Ok(self.cancel_sweep(job_id, &reason));
+        }
         match job.state() {
             JobState::Queued => {
                 Ok(self.settle(job_id, Event::Finish { state: JobState::Cancelled, reason, with_result: false }))
@@ -821,6 +932,28 @@ impl State {
             }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Cancels every point of a sweep that is not finished; the sweep follows them.
+    fn cancel_sweep(&mut self, sweep_id: &str, reason: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(sweep) = self.job_mut(sweep_id).filter(|s| !s.state().is_terminal() && !s.cancel_requested) {
+            sweep.cancel_requested = true;
+            actions.push(Action::Persist(sweep_id.to_string()));
+        }
+        let points: Vec<String> = self
+            .points
+            .get(sweep_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|seq| self.records.get(seq))
+            .filter(|p| !p.state().is_terminal())
+            .map(|p| p.id.clone())
+            .collect();
+        for id in points {
+            actions.extend(self.cancel(&id, reason).unwrap_or_default());
+        }
+        actions
     }
 
     /// Drains an agent for good (until the coordinator's store is wiped): it finishes what
@@ -908,6 +1041,90 @@ mod tests {
         let mut job = JobRecord { state: Succeeded as i32, attempt: 1, ..Default::default() };
         assert_eq!(apply(&mut job, Event::Retry { reason: "x".into() }), Err(Illegal { from: Succeeded, to: Queued }));
         assert_eq!(job.state(), Succeeded);
+    }
+
+    /// A sweep of `n` sleep points, submitted as the coordinator does it.
+    fn submit_sweep(state: &mut State, id: &str, n: u32) {
+        let sweep = Some(SweepProgress { points: n, queued: n, ..Default::default() });
+        state.submit(NewJob { id: id.into(), spec: spec(0), sweep, ..Default::default() });
+        for i in 0..n {
+            let point = NewJob { id: format!("{id}-{i}"), spec: spec(0), sweep_id: id.into(), ..Default::default() };
+            state.submit(point);
+        }
+    }
+
+    fn counts(state: &State, id: &str) -> (JobState, [u32; 5]) {
+        let job = state.job(id).unwrap();
+        let c = job.sweep.clone().unwrap();
+        (job.state(), [c.queued, c.running, c.succeeded, c.failed, c.cancelled])
+    }
+
+    #[test]
+    fn a_sweep_follows_its_points_and_is_persisted_with_each_move() {
+        use JobState::*;
+        let mut s = State::default();
+        submit_sweep(&mut s, "sw", 3);
+        assert_eq!(s.queued_count(), 3, "the points are queued, the sweep is not");
+        assert_eq!(counts(&s, "sw"), (Queued, [3, 0, 0, 0, 0]));
+        s.hello(&hello("a", 2, &[]), Instant::now());
+        let actions = s.schedule();
+        assert_eq!(assigned(&actions).len(), 2);
+        assert!(actions.contains(&Action::Persist("sw".into())), "the sweep moves with its points: {actions:?}");
+        assert_eq!(counts(&s, "sw"), (Running, [1, 2, 0, 0, 0]));
+        let finish = s.finished("a", report("sw-0", 1, Some(job_finished::Outcome::Failure("oom".into()))));
+        assert!(finish.contains(&Action::Persist("sw".into())));
+        succeed(&mut s, "a", "sw-1");
+        s.schedule();
+        assert_eq!(counts(&s, "sw"), (Running, [0, 1, 1, 1, 0]));
+        succeed(&mut s, "a", "sw-2");
+        assert_eq!(counts(&s, "sw"), (Failed, [0, 0, 2, 1, 0]));
+        assert_eq!(s.job("sw").unwrap().reason, "1 of 3 points failed");
+        assert!(s.job("sw").unwrap().finished_at.is_some());
+
+        // Restored, nothing is queued or assigned twice: the sweep itself never runs.
+        let records: Vec<JobRecord> = s.jobs_newest_first(None).cloned().collect();
+        let mut restored = State::restore(records, Vec::new(), Instant::now());
+        assert_eq!(restored.queued_count(), 0);
+        restored.hello(&hello("a", 2, &[]), Instant::now());
+        assert!(assigned(&restored.schedule()).is_empty());
+    }
+
+    #[test]
+    fn cancelling_a_sweep_cancels_every_unfinished_point() {
+        use JobState::*;
+        let mut s = State::default();
+        submit_sweep(&mut s, "sw", 3);
+        s.hello(&hello("a", 1, &[]), Instant::now());
+        s.schedule();
+        succeed(&mut s, "a", "sw-0");
+        s.schedule();
+        let actions = s.cancel("sw", "").unwrap();
+        assert!(actions.iter().any(|a| matches!(a, Action::Cancel { job_id, .. } if job_id == "sw-1")), "{actions:?}");
+        assert_eq!(s.job("sw-2").unwrap().state(), Cancelled, "a queued point is cancelled at once");
+        assert_eq!(counts(&s, "sw"), (Running, [0, 1, 1, 0, 1]));
+        s.finished("a", report("sw-1", 1, Some(job_finished::Outcome::Cancelled("cancelled by request".into()))));
+        assert_eq!(counts(&s, "sw"), (Cancelled, [0, 0, 1, 0, 2]));
+        assert!(s.job("sw").unwrap().cancel_requested);
+
+        let mut queued_only = State::default();
+        submit_sweep(&mut queued_only, "q", 2);
+        queued_only.cancel("q", "").unwrap();
+        assert_eq!(counts(&queued_only, "q"), (Cancelled, [0, 0, 0, 0, 2]));
+    }
+
+    #[test]
+    fn a_sweep_takes_only_sweep_events_and_a_job_none() {
+        use JobState::*;
+        let mut sweep = JobRecord { sweep: Some(SweepProgress::default()), ..Default::default() };
+        sweep.state = Queued as i32;
+        assert!(apply(&mut sweep, Event::Assign { agent_id: "a".into() }).is_err());
+        assert!(apply(&mut sweep, Event::Sweep { state: Succeeded, reason: String::new() }).is_err());
+        assert!(apply(&mut sweep, Event::Sweep { state: Running, reason: String::new() }).is_ok());
+        let mut job = JobRecord { state: Running as i32, ..Default::default() };
+        assert!(apply(&mut job, Event::Sweep { state: Succeeded, reason: String::new() }).is_err());
+        for (from, to, _) in SWEEP_TRANSITIONS {
+            assert!(!from.is_terminal(), "{from:?} -> {to:?}");
+        }
     }
 
     #[test]

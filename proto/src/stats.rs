@@ -6,6 +6,7 @@
 pub struct Summary {
     pub count: usize,
     pub mean: f64,
+    pub p10: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -23,6 +24,7 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     Some(Summary {
         count: sorted.len(),
         mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+        p10: percentile(&sorted, 0.1),
         p50: percentile(&sorted, 0.5),
         p90: percentile(&sorted, 0.9),
         p99: percentile(&sorted, 0.99),

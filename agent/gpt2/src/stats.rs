@@ -8,11 +8,13 @@ pub fn phase_stats(ms: &[f64]) -> PhaseStats {
         .map(|s| PhaseStats {
             count: s.count as u64,
             mean_ms: s.mean,
+            p10_ms: s.p10,
             p50_ms: s.p50,
             p90_ms: s.p90,
             p99_ms: s.p99,
             min_ms: s.min,
             max_ms: s.max,
+            samples_ms: ms.to_vec(),
         })
         .unwrap_or_default()
 }

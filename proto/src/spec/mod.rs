@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod gpt2;
+pub mod sweep;
 
 use crate::job::KIND_NAMES;
 use crate::v1::{Capabilities, JobSpec, SubmitJobRequest, job_spec};
@@ -68,6 +69,9 @@ pub fn validate(spec: &JobSpec) -> Check {
     }
     if spec.name.chars().count() > MAX_NAME_CHARS {
         return Err(SpecError::new("spec.name", format!("must be at most {MAX_NAME_CHARS} characters")));
+    }
+    if sweep::is_sweep(spec) {
+        return sweep::expand(spec).map(|_| ());
     }
     if spec.max_attempts > MAX_ATTEMPTS {
         return Err(SpecError::new(
