@@ -3,8 +3,11 @@
 //! Layout: this file parses the command line and talks gRPC; [`show`] turns messages
 //! into tables, JSON or YAML. Errors print as one line and exit non-zero.
 
+mod analysis;
+mod html;
 mod report;
 mod show;
+mod tidy;
 
 use anyhow::{Context as _, anyhow};
 use baton_proto::access::{AccessRole, new_token, token_sha256};
@@ -89,8 +92,20 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// What finished jobs measured, as tables and plots (default: the 10 latest).
-    Report { ids: Vec<String> },
+    /// What finished jobs measured, as tables and plots (default: the 10 latest). A sweep
+    /// is reported as a whole: a line per point, power laws fitted to what it varied.
+    Report {
+        ids: Vec<String>,
+        /// Also write one self-contained HTML page of plots here.
+        #[arg(long)]
+        html: Option<std::path::PathBuf>,
+        /// Also write the tidy table (a row per point and figure) as CSV here (`-`: stdout).
+        #[arg(long)]
+        csv: Option<String>,
+        /// Also write the tidy table, samples included, as JSON here (`-`: stdout).
+        #[arg(long)]
+        json: Option<String>,
+    },
     /// List agents and what they offer.
     Agents,
     /// Let an agent finish its jobs and take no new ones (remembered across restarts).
@@ -207,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = ListJobsRequest { states, labels, ..Default::default() };
             out.jobs(&list(&mut jobs, request, limit as usize).await?)?;
         }
-        Command::Report { ids } => {
+        Command::Report { ids, html, csv, json } => {
             let found = if ids.is_empty() {
                 let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled].map(|s| s as i32).to_vec();
                 let request = ListJobsRequest { states: finished, view: JobView::Full as i32, ..Default::default() };
@@ -221,8 +236,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 found
             };
+            // A sweep stands for its points.
+            let mut measured = Vec::new();
+            for job in &found {
+                if job.sweep.is_some() {
+                    let request = ListJobsRequest {
+                        sweep_id: job.id.clone(),
+                        view: JobView::Full as i32,
+                        ..Default::default()
+                    };
+                    let mut points = list(&mut jobs, request, baton_proto::spec::sweep::MAX_SWEEP_JOBS).await?;
+                    points.reverse();
+                    measured.extend(points);
+                } else {
+                    measured.push(job.clone());
+                }
+            }
+            let rows = tidy::rows(&measured);
             if !out.jobs_data(&found)? {
-                report::print(&found);
+                report::print(&found, &measured, &rows);
+            }
+            let title = found.iter().map(|j| j.spec.as_ref().map(baton_proto::job::display_name).unwrap_or("")).collect::<Vec<_>>().join(", ");
+            let ids: Vec<&str> = found.iter().map(|j| j.id.as_str()).collect();
+            if let Some(path) = html {
+                let plots = html::plots(&rows);
+                let subtitle = format!("{} · {} points · {} plots", ids.join(", "), measured.len(), plots.len());
+                std::fs::write(&path, html::page(&title, &subtitle, &rows, &plots))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("report: {} ({} plots)", path.display(), plots.len());
+            }
+            if let Some(path) = csv {
+                write_out(&path, tidy::csv(&rows))?;
+            }
+            if let Some(path) = json {
+                write_out(&path, serde_json::to_string_pretty(&tidy::json(&rows))? + "\n")?;
             }
         }
         Command::Cancel { id, reason, wait } => {
@@ -270,6 +317,16 @@ async fn list(
         request.page_token = page.next_page_token;
     }
     Ok(found)
+}
+
+/// Writes to a file, or to stdout for `-`.
+fn write_out(path: &str, text: String) -> anyhow::Result<()> {
+    if path == "-" {
+        print!("{text}");
+        Ok(())
+    } else {
+        std::fs::write(path, text).with_context(|| format!("writing {path}"))
+    }
 }
 
 fn exit_for(job: &Job) -> ExitCode {

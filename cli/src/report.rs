@@ -2,17 +2,98 @@
 
 use crate::show::table;
 use baton_proto::job::display_name;
-use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, PhaseStats, job_result};
+use crate::html::{fits, is_law_figure};
+use crate::tidy::{Row, Unit, axis_title, factors, short};
+use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, JobState, PhaseStats, job_result};
 use comfy_table::Table;
 
-pub fn print(jobs: &[Job]) {
+/// The jobs asked for; a sweep as the table of its points (`rows`, from `points`).
+pub fn print(jobs: &[Job], points: &[Job], rows: &[Row]) {
     for job in jobs {
         let name = job.spec.as_ref().map(display_name).unwrap_or("");
         println!("\n━━ {name} ({}) — {} ━━", job.id, job.state().short_name());
         if !job.reason.is_empty() {
             println!("reason: {}", job.reason);
         }
-        measured(job);
+        if let Some(c) = &job.sweep {
+            println!(
+                "sweep of {} points: {} succeeded, {} failed, {} cancelled, {} running, {} queued",
+                c.points, c.succeeded, c.failed, c.cancelled, c.running, c.queued
+            );
+            let mine: Vec<Job> = points.iter().filter(|p| p.sweep_id == job.id).cloned().collect();
+            let ids: Vec<&str> = mine.iter().map(|p| p.id.as_str()).collect();
+            let rows: Vec<Row> = rows.iter().filter(|r| r.jobs.iter().any(|j| ids.contains(&j.as_str()))).cloned().collect();
+            sweep(&rows);
+            for p in mine.iter().filter(|p| p.state() != JobState::Succeeded) {
+                println!("{} ({}): {} {}", display_name(p.spec.as_ref().unwrap_or(&Default::default())), p.id, p.state().short_name(), p.reason);
+            }
+        } else {
+            measured(job);
+        }
+    }
+}
+
+/// Figures shown per point in the terminal (all of them are in the exports).
+const HEADLINE: [&str; 12] = [
+    "stepMs", "forwardMs", "backwardMs", "optimizerMs", "tokensPerS", "mfu", "ttftMs", "tpotMs", "scenarioWallMs",
+    "loadMs", "interactionBrowserMs", "sleptMs",
+];
+
+/// A line per point with the medians of its headline figures, then the power laws
+/// fitted against each numeric factor.
+fn sweep(rows: &[Row]) {
+    let factors = factors(rows);
+    let mut columns: Vec<(&str, &str)> = Vec::new();
+    for r in rows.iter().filter(|r| HEADLINE.contains(&r.figure.as_str())) {
+        if !columns.contains(&(r.step.as_str(), r.figure.as_str())) {
+            columns.push((&r.step, &r.figure));
+        }
+    }
+    let mut headers: Vec<String> = factors.iter().map(|f| short(f).to_string()).collect();
+    headers.push("device".into());
+    headers.extend(columns.iter().map(|(step, f)| if step.is_empty() { f.to_string() } else { format!("{f} ({step})") }));
+    let mut t = table(&headers.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut points: Vec<&Row> = Vec::new();
+    for r in rows {
+        if !points.iter().any(|p| p.point == r.point && p.jobs == r.jobs) {
+            points.push(r);
+        }
+    }
+    for p in points {
+        let mut cells: Vec<String> = factors.iter().map(|f| p.value(f)).collect();
+        cells.push(p.device.clone());
+        for (step, figure) in &columns {
+            let cell = rows.iter().find(|r| r.point == p.point && r.jobs == p.jobs && r.step == *step && r.figure == *figure);
+            cells.push(cell.map_or(String::new(), |r| {
+                let v = r.summary().p50;
+                match r.unit {
+                    Unit::Ms => ms(v),
+                    Unit::Ratio => format!("{:.1}%", v * 100.0),
+                    _ => format!("{v:.0}"),
+                }
+            }));
+        }
+        t.add_row(cells);
+    }
+    println!("{t}");
+    for factor in &factors {
+        let mut figures: Vec<(&str, &str)> = Vec::new();
+        for r in rows.iter().filter(|r| is_law_figure(r)) {
+            if !figures.contains(&(r.step.as_str(), r.figure.as_str())) {
+                figures.push((&r.step, &r.figure));
+            }
+        }
+        for (step, figure) in figures {
+            let of: Vec<&Row> = rows.iter().filter(|r| r.step == step && r.figure == figure).collect();
+            if !of.iter().all(|r| r.x(factor).is_some()) {
+                continue;
+            }
+            for (label, _, fit) in fits(&of, factor, &factors) {
+                let Some(fit) = fit else { continue };
+                let on = if label.is_empty() { String::new() } else { format!(" ({label})") };
+                println!("{figure}{} ∝ {}^k{on}: {}", if step.is_empty() { String::new() } else { format!(" [{step}]") }, axis_title(factor), fit.label());
+            }
+        }
     }
 }
 
