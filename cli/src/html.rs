@@ -2,9 +2,9 @@
 //! no scripts, nothing fetched) showing what a sweep measured against what it varied.
 
 use crate::analysis::PowerLaw;
+use crate::compare::{Comparison, Verdict};
 use crate::tidy::{Row, axis_title, factors, short};
 use plotters::prelude::*;
-use std::collections::BTreeMap;
 
 /// A plot: its kind and subject (`law stepMs seqLen`), for tests and for people
 /// reading the source, and its SVG.
@@ -72,12 +72,17 @@ pub fn plots(rows: &[Row]) -> Vec<Plot> {
     plots
 }
 
-/// Rows grouped by the values of every factor but `factor`: one series each.
-fn series<'a>(rows: &[&'a Row], factor: &str, factors: &[String]) -> BTreeMap<String, Vec<&'a Row>> {
+/// Rows grouped by the values of every factor but `factor`: one series each, in the
+/// order the sweep ran them.
+fn series<'a>(rows: &[&'a Row], factor: &str, factors: &[String]) -> Vec<(String, Vec<&'a Row>)> {
     let others: Vec<String> = factors.iter().filter(|f| *f != factor).cloned().collect();
-    let mut groups: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    let mut groups: Vec<(String, Vec<&Row>)> = Vec::new();
     for row in rows {
-        groups.entry(row.label(&others)).or_default().push(row);
+        let label = row.label(&others);
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, members)) => members.push(row),
+            None => groups.push((label, vec![row])),
+        }
     }
     groups
 }
@@ -247,13 +252,14 @@ fn bar_chart(title: &str, id: String, y_desc: &str, bars: Bars) -> Option<Plot> 
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 16))
             .margin(12)
-            .x_label_area_size(60)
+            .x_label_area_size(110)
             .y_label_area_size(60)
             .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..stack_hi * 1.15 + 1e-9)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(n)
+            .x_label_style(category_font())
             .x_label_formatter(&|v| {
                 let i = v.round();
                 if (v - i).abs() < 1e-6 && i >= 0.0 { categories.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
@@ -375,13 +381,14 @@ fn interactions(rows: &[Row], factors: &[String]) -> Vec<Plot> {
                 let mut chart = ChartBuilder::on(&root)
                     .caption(&title, ("sans-serif", 16))
                     .margin(12)
-                    .x_label_area_size(60)
+                    .x_label_area_size(110)
                     .y_label_area_size(60)
                     .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..hi * 1.15 + 1e-9)?;
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
                     .x_labels(n)
+                    .x_label_style(category_font())
                     .x_label_formatter(&|v| {
                         let i = v.round();
                         if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
@@ -418,6 +425,11 @@ where
         .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
     Ok(())
+}
+
+/// Category names under bars, turned to read downwards so long point labels fit.
+fn category_font() -> TextStyle<'static> {
+    ("sans-serif", 11).into_font().transform(FontTransform::Rotate90).into()
 }
 
 /// 1234 → 1234, 0.0123 → 0.0123, 1.5e6 → 1.5M.
@@ -509,6 +521,54 @@ fn point_table(rows: &[Row], factors: &[String]) -> String {
     }
     t.push_str("</table>");
     t
+}
+
+/// `baton compare --html`: B/A per figure with its bootstrap 95 % interval, against
+/// the no-change line and the threshold's band.
+pub fn comparison_page(title: &str, found: &[Comparison], threshold: f64) -> String {
+    let n = found.len();
+    let labels: Vec<String> = found
+        .iter()
+        .map(|c| [c.point.as_str(), c.step.as_str(), c.figure.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" · "))
+        .collect();
+    let (lo, hi) = bounds(found.iter().flat_map(|c| [c.ci.0, c.ci.1, c.ratio, 1.0 - threshold, 1.0 + threshold]));
+    let plot = draw("B / A per figure (median, bootstrap 95 % CI)", "ratios".into(), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption("B / A per figure (median, bootstrap 95 % CI)", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(140)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, lo * 0.95..hi * 1.05)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_style(category_font())
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .y_desc("B / A")
+            .draw()?;
+        let edge = (-0.5, n as f64 - 0.5);
+        chart.draw_series(std::iter::once(PathElement::new(vec![(edge.0, 1.0), (edge.1, 1.0)], BLACK)))?;
+        for band in [1.0 - threshold, 1.0 + threshold] {
+            chart.draw_series(DashedLineSeries::new([(edge.0, band), (edge.1, band)], 5, 4, BLACK.mix(0.4).stroke_width(1)))?;
+        }
+        for (i, c) in found.iter().enumerate() {
+            let color = match c.verdict {
+                Verdict::Regression => RED.to_rgba(),
+                Verdict::Improvement => GREEN.to_rgba(),
+                Verdict::Same => BLUE.mix(0.7),
+            };
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(i as f64, c.ci.0, c.ratio, c.ci.1, color.filled(), 10)))?;
+            chart.draw_series(std::iter::once(Circle::new((i as f64, c.ratio), 4, color.filled())))?;
+        }
+        Ok(())
+    });
+    let plots: Vec<Plot> = plot.into_iter().collect();
+    let subtitle = format!("red: a regression (worse by more than {:.0} %, p < 0.05); green: an improvement", threshold * 100.0);
+    page(title, &subtitle, &[], &plots)
 }
 
 #[cfg(test)]

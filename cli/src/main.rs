@@ -4,6 +4,7 @@
 //! into tables, JSON or YAML. Errors print as one line and exit non-zero.
 
 mod analysis;
+mod compare;
 mod html;
 mod report;
 mod show;
@@ -105,6 +106,19 @@ enum Command {
         /// Also write the tidy table, samples included, as JSON here (`-`: stdout).
         #[arg(long)]
         json: Option<String>,
+    },
+    /// Compare what two jobs or sweeps measured, figure by figure: B's median over A's with
+    /// a bootstrap 95 % interval and a Mann–Whitney p-value. Exits 2 when B regressed:
+    /// a figure worse by more than --threshold with p < 0.05.
+    Compare {
+        a: String,
+        b: String,
+        /// The relative change that counts (0.1: 10 % slower, or 10 % less throughput).
+        #[arg(long, default_value_t = 0.1)]
+        threshold: f64,
+        /// Also write the comparison's plot here, as one self-contained HTML page.
+        #[arg(long)]
+        html: Option<std::path::PathBuf>,
     },
     /// List agents and what they offer.
     Agents,
@@ -236,21 +250,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 found
             };
-            // A sweep stands for its points.
             let mut measured = Vec::new();
             for job in &found {
-                if job.sweep.is_some() {
-                    let request = ListJobsRequest {
-                        sweep_id: job.id.clone(),
-                        view: JobView::Full as i32,
-                        ..Default::default()
-                    };
-                    let mut points = list(&mut jobs, request, baton_proto::spec::sweep::MAX_SWEEP_JOBS).await?;
-                    points.reverse();
-                    measured.extend(points);
-                } else {
-                    measured.push(job.clone());
-                }
+                measured.extend(points_of(&mut jobs, job).await?);
             }
             let rows = tidy::rows(&measured);
             if !out.jobs_data(&found)? {
@@ -270,6 +272,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(path) = json {
                 write_out(&path, serde_json::to_string_pretty(&tidy::json(&rows))? + "\n")?;
+            }
+        }
+        Command::Compare { a, b, threshold, html } => {
+            let mut sides = Vec::new();
+            for id in [&a, &b] {
+                let job = jobs.get_job(GetJobRequest { id: id.clone() }).await?.into_inner();
+                sides.push(tidy::rows(&points_of(&mut jobs, &job).await?));
+            }
+            let found = compare::compare(&sides[0], &sides[1], threshold);
+            if found.is_empty() {
+                return Err(anyhow!("{a} and {b} measured no figure in common"));
+            }
+            if !out.data(&compare::json(&found))? {
+                report::comparison(&found, threshold);
+            }
+            if let Some(path) = html {
+                let page = html::comparison_page(&format!("{b} against {a}"), &found, threshold);
+                std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("comparison: {}", path.display());
+            }
+            let regressed = found.iter().filter(|c| c.verdict == compare::Verdict::Regression).count();
+            if regressed > 0 {
+                eprintln!("{regressed} figure(s) regressed");
+                return Ok(ExitCode::from(2));
             }
         }
         Command::Cancel { id, reason, wait } => {
@@ -317,6 +343,17 @@ async fn list(
         request.page_token = page.next_page_token;
     }
     Ok(found)
+}
+
+/// What a job measured in: the job itself, or a sweep's points (in the order it ran them).
+async fn points_of(client: &mut JobServiceClient<Channel>, job: &Job) -> anyhow::Result<Vec<Job>> {
+    if job.sweep.is_none() {
+        return Ok(vec![job.clone()]);
+    }
+    let request = ListJobsRequest { sweep_id: job.id.clone(), view: JobView::Full as i32, ..Default::default() };
+    let mut points = list(client, request, baton_proto::spec::sweep::MAX_SWEEP_JOBS).await?;
+    points.reverse();
+    Ok(points)
 }
 
 /// Writes to a file, or to stdout for `-`.

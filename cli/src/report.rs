@@ -2,6 +2,7 @@
 
 use crate::show::table;
 use baton_proto::job::display_name;
+use crate::compare::{Comparison, Verdict};
 use crate::html::{fits, is_law_figure};
 use crate::tidy::{Row, Unit, axis_title, factors, short};
 use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, JobState, PhaseStats, job_result};
@@ -31,6 +32,30 @@ pub fn print(jobs: &[Job], points: &[Job], rows: &[Row]) {
             measured(job);
         }
     }
+}
+
+/// `baton compare`: a line per figure, regressions first.
+pub fn comparison(found: &[Comparison], threshold: f64) {
+    let mut t = table(&["point", "step", "figure", "A median", "B median", "B/A", "95% CI", "p", "n A/B", "verdict"]);
+    let mut sorted: Vec<&Comparison> = found.iter().collect();
+    sorted.sort_by_key(|c| c.verdict != Verdict::Regression);
+    for c in sorted {
+        let value = |v: f64| if c.unit == Unit::Ms { ms(v) } else { format!("{v:.3}") };
+        t.add_row([
+            c.point.clone(),
+            c.step.clone(),
+            c.figure.clone(),
+            value(c.a_median),
+            value(c.b_median),
+            format!("{:.3}", c.ratio),
+            format!("{:.3}–{:.3}", c.ci.0, c.ci.1),
+            format!("{:.3}", c.p),
+            format!("{}/{}", c.a_count, c.b_count),
+            c.verdict.name().to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!("a regression: worse by more than {:.0} % with p < 0.05 (Mann–Whitney U)", threshold * 100.0);
 }
 
 /// Figures shown per point in the terminal (all of them are in the exports).

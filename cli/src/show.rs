@@ -24,7 +24,7 @@ impl Output {
         Self { format }
     }
 
-    fn data<T: Serialize>(&self, value: &T) -> anyhow::Result<bool> {
+    pub fn data<T: Serialize>(&self, value: &T) -> anyhow::Result<bool> {
         match self.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
             Format::Yaml => println!("{}", serde_yaml_ng::to_string(value)?.trim_end()),

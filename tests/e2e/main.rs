@@ -12,4 +12,5 @@ mod invalid;
 mod kube;
 mod metrics;
 mod security;
+mod sweeps;
 mod traces;

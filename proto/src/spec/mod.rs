@@ -327,6 +327,23 @@ mod tests {
     }
 
     #[test]
+    fn every_example_is_valid_and_the_sweeps_expand() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = parse_request(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())).spec.unwrap();
+            validate(&spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let points = sweep::is_sweep(&spec).then(|| sweep::expand(&spec).unwrap().len());
+            match path.file_name().unwrap().to_str().unwrap() {
+                "sweep-gpt2.json" => assert_eq!(points, Some(16), "2 models x 4 lengths x 2 thread counts"),
+                "sweep-browser.json" => assert_eq!(points, Some(2), "cold and warm"),
+                _ => assert_eq!(points, None),
+            }
+        }
+    }
+
+    #[test]
     fn normalize_fills_defaults() {
         let mut s = sleep_spec(1);
         normalize(&mut s);
