@@ -87,7 +87,11 @@ fn series<'a>(rows: &[&'a Row], factor: &str, factors: &[String]) -> Vec<(String
     groups
 }
 
-fn draw(title: &str, id: String, body: impl FnOnce(DrawingArea<SVGBackend, plotters::coord::Shift>) -> Drawn) -> Option<Plot> {
+fn draw(
+    title: &str,
+    id: String,
+    body: impl FnOnce(DrawingArea<SVGBackend, plotters::coord::Shift>) -> Drawn,
+) -> Option<Plot> {
     let mut svg = String::new();
     let drawn = {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
@@ -143,7 +147,12 @@ fn law(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
     if !(x_lo > 0.0 && y_lo > 0.0 && x_hi > x_lo) {
         return None;
     }
-    let id = ["law", &first.step, &first.figure, factor].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let id = ["law", &first.step, &first.figure, factor]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
     draw(&title, id, |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(&title, ("sans-serif", 16))
@@ -160,7 +169,9 @@ fn law(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
             .draw()?;
         for (i, (label, xs, fit)) in groups.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            chart.draw_series(xs.iter().map(|(x, m, lo, hi)| ErrorBar::new_vertical(*x, *lo, *m, *hi, color.filled(), 6)))?;
+            chart.draw_series(
+                xs.iter().map(|(x, m, lo, hi)| ErrorBar::new_vertical(*x, *lo, *m, *hi, color.filled(), 6)),
+            )?;
             let name = match (&fit, label.is_empty()) {
                 (Some(f), true) => f.label(),
                 (Some(f), false) => format!("{label}: {}", f.label()),
@@ -249,28 +260,13 @@ fn bar_chart(title: &str, id: String, y_desc: &str, bars: Bars) -> Option<Plot> 
         .fold(0.0, f64::max);
     let categories = bars.categories.clone();
     draw(title, id, |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(110)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..stack_hi * 1.15 + 1e-9)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_style(category_font())
-            .x_label_formatter(&|v| {
-                let i = v.round();
-                if (v - i).abs() < 1e-6 && i >= 0.0 { categories.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
-            })
-            .y_desc(y_desc)
-            .draw()?;
+        let mut chart = category_chart(&root, title, &categories, 0.0..stack_hi * 1.15 + 1e-9, y_desc)?;
         let k = bars.segments.len().max(1) as f64;
         for (s, (name, values)) in bars.segments.iter().enumerate() {
             let color = Palette99::pick(s).to_rgba();
             let rects = values.iter().enumerate().map(|(c, v)| {
-                let below: f64 = if bars.grouped { 0.0 } else { bars.segments[..s].iter().map(|(_, w)| w[c].max(0.0)).sum() };
+                let below: f64 =
+                    if bars.grouped { 0.0 } else { bars.segments[..s].iter().map(|(_, w)| w[c].max(0.0)).sum() };
                 let (x0, x1) = if bars.grouped {
                     let w = 0.7 / k;
                     (c as f64 - 0.35 + s as f64 * w, c as f64 - 0.35 + (s as f64 + 1.0) * w)
@@ -318,7 +314,12 @@ fn devices(rows: &[Row], factors: &[String]) -> Vec<Plot> {
         .map(|k| {
             let values = categories
                 .iter()
-                .map(|c| steps.iter().find(|r| kind(&r.device) == *k && r.label(&others) == *c).map_or(0.0, |r| r.summary().p50))
+                .map(|c| {
+                    steps
+                        .iter()
+                        .find(|r| kind(&r.device) == *k && r.label(&others) == *c)
+                        .map_or(0.0, |r| r.summary().p50)
+                })
                 .collect();
             (k.to_string(), values)
         })
@@ -352,8 +353,15 @@ fn page_loads(rows: &[Row], factors: &[String]) -> Vec<Plot> {
             let to_load = load.iter().zip(&dcl).map(|(l, d)| l - d).collect();
             let bars = Bars {
                 categories,
-                segments: vec![("TTFB".into(), ttfb), ("→ DOMContentLoaded".into(), to_dcl), ("→ load".into(), to_load)],
-                markers: vec![("FCP".into(), column("firstContentfulPaintMs")), ("LCP".into(), column("largestContentfulPaintMs"))],
+                segments: vec![
+                    ("TTFB".into(), ttfb),
+                    ("→ DOMContentLoaded".into(), to_dcl),
+                    ("→ load".into(), to_load),
+                ],
+                markers: vec![
+                    ("FCP".into(), column("firstContentfulPaintMs")),
+                    ("LCP".into(), column("largestContentfulPaintMs")),
+                ],
                 grouped: false,
             };
             bar_chart(&format!("page load · {page}"), format!("pageload {page}"), "ms (median)", bars)
@@ -372,29 +380,14 @@ fn interactions(rows: &[Row], factors: &[String]) -> Vec<Plot> {
     steps
         .into_iter()
         .filter_map(|step| {
-            let points: Vec<&Row> = rows.iter().filter(|r| r.step == step && r.figure == "interactionBrowserMs").collect();
+            let points: Vec<&Row> =
+                rows.iter().filter(|r| r.step == step && r.figure == "interactionBrowserMs").collect();
             let title = format!("interaction · {step}");
             let hi = bounds(points.iter().flat_map(|r| r.samples.iter().copied())).1;
-            let n = points.len();
             let labels: Vec<String> = points.iter().map(|p| p.label(factors)).collect();
             draw(&title, format!("interaction {step}"), |root| {
-                let mut chart = ChartBuilder::on(&root)
-                    .caption(&title, ("sans-serif", 16))
-                    .margin(12)
-                    .x_label_area_size(110)
-                    .y_label_area_size(60)
-                    .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..hi * 1.15 + 1e-9)?;
-                chart
-                    .configure_mesh()
-                    .disable_x_mesh()
-                    .x_labels(n)
-                    .x_label_style(category_font())
-                    .x_label_formatter(&|v| {
-                        let i = v.round();
-                        if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
-                    })
-                    .y_desc("ms, input event → condition (page clock)")
-                    .draw()?;
+                let y_desc = "ms, input event → condition (page clock)";
+                let mut chart = category_chart(&root, &title, &labels, 0.0..hi * 1.15 + 1e-9, y_desc)?;
                 for (c, p) in points.iter().enumerate() {
                     let color = Palette99::pick(c).to_rgba();
                     let m = p.summary().p50;
@@ -414,7 +407,9 @@ fn interactions(rows: &[Row], factors: &[String]) -> Vec<Plot> {
         .collect()
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> Drawn
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Drawn
 where
     DB::ErrorType: 'static,
 {
@@ -425,6 +420,43 @@ where
         .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
     Ok(())
+}
+
+use plotters::coord::types::RangedCoordf64;
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart whose x axis is named categories at 0, 1, …, their names turned to fit.
+fn category_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    categories: &[String],
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let n = categories.len();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(130)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_style(category_font())
+        .x_label_formatter(&|v| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                categories.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
 }
 
 /// Category names under bars, turned to read downwards so long point labels fit.
@@ -491,7 +523,9 @@ fn point_table(rows: &[Row], factors: &[String]) -> String {
     if mains.is_empty() {
         return String::new();
     }
-    let extra = |of: &Row, figure: &str| rows.iter().find(|r| r.figure == figure && r.point == of.point && r.jobs == of.jobs).map(|r| r.summary().p50);
+    let extra = |of: &Row, figure: &str| {
+        rows.iter().find(|r| r.figure == figure && r.point == of.point && r.jobs == of.jobs).map(|r| r.summary().p50)
+    };
     let max = mains.iter().map(|r| r.summary().p50).fold(0.0, f64::max);
     let mut t = String::from("<table><tr>");
     for f in factors {
@@ -529,31 +563,28 @@ pub fn comparison_page(title: &str, found: &[Comparison], threshold: f64) -> Str
     let n = found.len();
     let labels: Vec<String> = found
         .iter()
-        .map(|c| [c.point.as_str(), c.step.as_str(), c.figure.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" · "))
+        .map(|c| {
+            [c.point.as_str(), c.step.as_str(), c.figure.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" · ")
+        })
         .collect();
     let (lo, hi) = bounds(found.iter().flat_map(|c| [c.ci.0, c.ci.1, c.ratio, 1.0 - threshold, 1.0 + threshold]));
     let plot = draw("B / A per figure (median, bootstrap 95 % CI)", "ratios".into(), |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption("B / A per figure (median, bootstrap 95 % CI)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(140)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, lo * 0.95..hi * 1.05)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_style(category_font())
-            .x_label_formatter(&|v| {
-                let i = v.round();
-                if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
-            })
-            .y_desc("B / A")
-            .draw()?;
+        let title = "B / A per figure (median, bootstrap 95 % CI)";
+        let mut chart = category_chart(&root, title, &labels, lo * 0.95..hi * 1.05, "B / A")?;
         let edge = (-0.5, n as f64 - 0.5);
         chart.draw_series(std::iter::once(PathElement::new(vec![(edge.0, 1.0), (edge.1, 1.0)], BLACK)))?;
         for band in [1.0 - threshold, 1.0 + threshold] {
-            chart.draw_series(DashedLineSeries::new([(edge.0, band), (edge.1, band)], 5, 4, BLACK.mix(0.4).stroke_width(1)))?;
+            chart.draw_series(DashedLineSeries::new(
+                [(edge.0, band), (edge.1, band)],
+                5,
+                4,
+                BLACK.mix(0.4).stroke_width(1),
+            ))?;
         }
         for (i, c) in found.iter().enumerate() {
             let color = match c.verdict {
@@ -561,13 +592,21 @@ pub fn comparison_page(title: &str, found: &[Comparison], threshold: f64) -> Str
                 Verdict::Improvement => GREEN.to_rgba(),
                 Verdict::Same => BLUE.mix(0.7),
             };
-            chart.draw_series(std::iter::once(ErrorBar::new_vertical(i as f64, c.ci.0, c.ratio, c.ci.1, color.filled(), 10)))?;
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                i as f64,
+                c.ci.0,
+                c.ratio,
+                c.ci.1,
+                color.filled(),
+                10,
+            )))?;
             chart.draw_series(std::iter::once(Circle::new((i as f64, c.ratio), 4, color.filled())))?;
         }
         Ok(())
     });
     let plots: Vec<Plot> = plot.into_iter().collect();
-    let subtitle = format!("red: a regression (worse by more than {:.0} %, p < 0.05); green: an improvement", threshold * 100.0);
+    let subtitle =
+        format!("red: a regression (worse by more than {:.0} %, p < 0.05); green: an improvement", threshold * 100.0);
     page(title, &subtitle, &[], &plots)
 }
 
@@ -576,7 +615,9 @@ pub mod tests {
     use super::*;
     use crate::tidy::rows;
     use baton_proto::spec::sweep::from_json;
-    use baton_proto::v1::{Gpt2RunConfig, Gpt2TrainReport, Job, JobResult, JobState, PhaseStats, SweepPoint, job_result};
+    use baton_proto::v1::{
+        Gpt2RunConfig, Gpt2TrainReport, Job, JobResult, JobState, PhaseStats, SweepPoint, job_result,
+    };
 
     /// A GPT-2 training point whose step takes `ms` (±2 % over its samples).
     pub fn train_job(id: &str, values: &[(&str, serde_json::Value)], ms: f64, device: &str) -> Job {
@@ -584,7 +625,10 @@ pub mod tests {
         let stats = PhaseStats { count: 5, p50_ms: ms, samples_ms: samples, ..Default::default() };
         let report = Gpt2TrainReport {
             step: Some(stats.clone()),
-            forward: Some(PhaseStats { samples_ms: stats.samples_ms.iter().map(|v| v / 3.0).collect(), ..stats.clone() }),
+            forward: Some(PhaseStats {
+                samples_ms: stats.samples_ms.iter().map(|v| v / 3.0).collect(),
+                ..stats.clone()
+            }),
             tokens_per_s: 1000.0 / ms,
             mfu: 0.1,
             config: Some(Gpt2RunConfig { parameters: 124_000_000, device: device.into(), ..Default::default() }),
@@ -611,13 +655,23 @@ pub mod tests {
             for (i, seq) in [64.0, 128.0, 256.0, 512.0].iter().enumerate() {
                 let ms = 1e-3 * seq * seq / f64::from(threads);
                 let values = [("gpt2Train.seqLen", json!(*seq as u64)), ("gpt2Train.threads", json!(threads))];
-                jobs.push(train_job(&format!("{threads}-{i}"), &values, ms, if threads == 1 { "cpu" } else { "cuda:0" }));
+                jobs.push(train_job(
+                    &format!("{threads}-{i}"),
+                    &values,
+                    ms,
+                    if threads == 1 { "cpu" } else { "cuda:0" },
+                ));
             }
         }
         let rows = rows(&jobs);
         let plots = plots(&rows);
         let ids: Vec<&str> = plots.iter().map(|p| p.id.as_str()).collect();
-        for want in ["law stepMs gpt2Train.seqLen", "law forwardMs gpt2Train.seqLen", "scaling stepMs gpt2Train.threads", "devices"] {
+        for want in [
+            "law stepMs gpt2Train.seqLen",
+            "law forwardMs gpt2Train.seqLen",
+            "scaling stepMs gpt2Train.threads",
+            "devices",
+        ] {
             assert!(ids.contains(&want), "{want:?} missing from {ids:?}");
         }
         let html = page("sweep", "test", &rows, &plots);
@@ -627,7 +681,7 @@ pub mod tests {
         let law = &plots.iter().find(|p| p.id == "law stepMs gpt2Train.seqLen").unwrap().svg;
         let ks: Vec<f64> = law
             .match_indices("k = ")
-            .map(|(i, _)| law[i + 4..].split(|c: char| c == ' ' || c == '<').next().unwrap().parse().unwrap())
+            .map(|(i, _)| law[i + 4..].split([' ', '<']).next().unwrap().parse().unwrap())
             .collect();
         assert_eq!(ks.len(), 2, "{law}");
         assert!(ks.iter().all(|k| (k - 2.0).abs() < 0.05), "{ks:?}");

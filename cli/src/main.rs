@@ -258,7 +258,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !out.jobs_data(&found)? {
                 report::print(&found, &measured, &rows);
             }
-            let title = found.iter().map(|j| j.spec.as_ref().map(baton_proto::job::display_name).unwrap_or("")).collect::<Vec<_>>().join(", ");
+            let title = found
+                .iter()
+                .map(|j| j.spec.as_ref().map(baton_proto::job::display_name).unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(", ");
             let ids: Vec<&str> = found.iter().map(|j| j.id.as_str()).collect();
             if let Some(path) = html {
                 let plots = html::plots(&rows);

@@ -1,11 +1,13 @@
 //! `baton report`: what each finished job measured, as tables and small plots in the terminal.
 
-use crate::show::table;
-use baton_proto::job::display_name;
 use crate::compare::{Comparison, Verdict};
 use crate::html::{fits, is_law_figure};
+use crate::show::table;
 use crate::tidy::{Row, Unit, axis_title, factors, short};
-use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, JobState, PhaseStats, job_result};
+use baton_proto::job::display_name;
+use baton_proto::v1::{
+    BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, JobState, PhaseStats, job_result,
+};
 use comfy_table::Table;
 
 /// The jobs asked for; a sweep as the table of its points (`rows`, from `points`).
@@ -23,10 +25,17 @@ pub fn print(jobs: &[Job], points: &[Job], rows: &[Row]) {
             );
             let mine: Vec<Job> = points.iter().filter(|p| p.sweep_id == job.id).cloned().collect();
             let ids: Vec<&str> = mine.iter().map(|p| p.id.as_str()).collect();
-            let rows: Vec<Row> = rows.iter().filter(|r| r.jobs.iter().any(|j| ids.contains(&j.as_str()))).cloned().collect();
+            let rows: Vec<Row> =
+                rows.iter().filter(|r| r.jobs.iter().any(|j| ids.contains(&j.as_str()))).cloned().collect();
             sweep(&rows);
             for p in mine.iter().filter(|p| p.state() != JobState::Succeeded) {
-                println!("{} ({}): {} {}", display_name(p.spec.as_ref().unwrap_or(&Default::default())), p.id, p.state().short_name(), p.reason);
+                println!(
+                    "{} ({}): {} {}",
+                    display_name(p.spec.as_ref().unwrap_or(&Default::default())),
+                    p.id,
+                    p.state().short_name(),
+                    p.reason
+                );
             }
         } else {
             measured(job);
@@ -60,8 +69,18 @@ pub fn comparison(found: &[Comparison], threshold: f64) {
 
 /// Figures shown per point in the terminal (all of them are in the exports).
 const HEADLINE: [&str; 12] = [
-    "stepMs", "forwardMs", "backwardMs", "optimizerMs", "tokensPerS", "mfu", "ttftMs", "tpotMs", "scenarioWallMs",
-    "loadMs", "interactionBrowserMs", "sleptMs",
+    "stepMs",
+    "forwardMs",
+    "backwardMs",
+    "optimizerMs",
+    "tokensPerS",
+    "mfu",
+    "ttftMs",
+    "tpotMs",
+    "scenarioWallMs",
+    "loadMs",
+    "interactionBrowserMs",
+    "sleptMs",
 ];
 
 /// A line per point with the medians of its headline figures, then the power laws
@@ -76,7 +95,8 @@ fn sweep(rows: &[Row]) {
     }
     let mut headers: Vec<String> = factors.iter().map(|f| short(f).to_string()).collect();
     headers.push("device".into());
-    headers.extend(columns.iter().map(|(step, f)| if step.is_empty() { f.to_string() } else { format!("{f} ({step})") }));
+    headers
+        .extend(columns.iter().map(|(step, f)| if step.is_empty() { f.to_string() } else { format!("{f} ({step})") }));
     let mut t = table(&headers.iter().map(String::as_str).collect::<Vec<_>>());
     let mut points: Vec<&Row> = Vec::new();
     for r in rows {
@@ -88,7 +108,8 @@ fn sweep(rows: &[Row]) {
         let mut cells: Vec<String> = factors.iter().map(|f| p.value(f)).collect();
         cells.push(p.device.clone());
         for (step, figure) in &columns {
-            let cell = rows.iter().find(|r| r.point == p.point && r.jobs == p.jobs && r.step == *step && r.figure == *figure);
+            let cell =
+                rows.iter().find(|r| r.point == p.point && r.jobs == p.jobs && r.step == *step && r.figure == *figure);
             cells.push(cell.map_or(String::new(), |r| {
                 let v = r.summary().p50;
                 match r.unit {
@@ -116,7 +137,12 @@ fn sweep(rows: &[Row]) {
             for (label, _, fit) in fits(&of, factor, &factors) {
                 let Some(fit) = fit else { continue };
                 let on = if label.is_empty() { String::new() } else { format!(" ({label})") };
-                println!("{figure}{} ∝ {}^k{on}: {}", if step.is_empty() { String::new() } else { format!(" [{step}]") }, axis_title(factor), fit.label());
+                println!(
+                    "{figure}{} ∝ {}^k{on}: {}",
+                    if step.is_empty() { String::new() } else { format!(" [{step}]") },
+                    axis_title(factor),
+                    fit.label()
+                );
             }
         }
     }

@@ -207,7 +207,8 @@ pub fn rows(jobs: &[Job]) -> Vec<Row> {
             None => BTreeMap::new(),
         };
         // A job outside a sweep is its own point.
-        let key = if job.sweep_id.is_empty() { job.id.clone() } else { serde_json::to_string(&point).unwrap_or_default() };
+        let key =
+            if job.sweep_id.is_empty() { job.id.clone() } else { serde_json::to_string(&point).unwrap_or_default() };
         let (measures, parameters, device) = measures(job);
         for m in measures {
             let slot = *index.entry((key.clone(), m.step.clone(), m.figure)).or_insert_with(|| {

@@ -15,8 +15,8 @@ use baton_proto::v1::agent_message::Kind as AgentKind;
 use baton_proto::v1::agent_service_server::AgentService;
 use baton_proto::v1::job_service_server::JobService;
 use baton_proto::v1::{
-    Agent, AgentMessage, CancelJobRequest, JobSpec, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Hello, Job, JobState,
-    JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
+    Agent, AgentMessage, CancelJobRequest, CoordinatorMessage, DrainAgentRequest, GetJobRequest, Hello, Job, JobSpec,
+    JobState, JobView, ListAgentsRequest, ListAgentsResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest,
     SubmitJobsRequest, SubmitJobsResponse, UndrainAgentRequest, WatchJobRequest, Welcome, coordinator_message,
 };
 use futures::{Stream, StreamExt};
@@ -117,7 +117,14 @@ fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring, owner: &
     // A sweep never runs itself: its secrets are masked in its spec and sealed only in
     // its points'.
     let secrets = seal(&mut spec)?.filter(|_| points.is_empty());
-    Ok(NewJob { spec, idempotency_key: req.idempotency_key, secrets, owner: owner.to_string(), points, ..Default::default() })
+    Ok(NewJob {
+        spec,
+        idempotency_key: req.idempotency_key,
+        secrets,
+        owner: owner.to_string(),
+        points,
+        ..Default::default()
+    })
 }
 
 /// One audit line per job a state-changing call touched: who (the principal, and the
@@ -183,7 +190,9 @@ impl JobService for Api {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         if checked.iter().map(|c| c.points.len().max(1)).sum::<usize>() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("jobs: at most {MAX_BATCH} per call, sweeps' points included")));
+            return Err(Status::invalid_argument(format!(
+                "jobs: at most {MAX_BATCH} per call, sweeps' points included"
+            )));
         }
         let jobs = coordinator.submit(checked, &cx).await;
         audit(&who, &from, "SubmitJobs", jobs.iter().map(|j| j.id.as_str()));

@@ -109,7 +109,7 @@ pub fn view(record: &JobRecord, result: Option<JobResult>, progress: Option<&Pro
         owner: record.owner.clone(),
         sweep_id: record.sweep_id.clone(),
         point: record.point.clone(),
-        sweep: record.sweep.clone(),
+        sweep: record.sweep,
     }
 }
 

@@ -494,7 +494,7 @@ impl State {
         let old = count(counts, from);
         *old = old.saturating_sub(1);
         *count(counts, to) += 1;
-        let c = counts.clone();
+        let c = *counts;
         let target = if c.succeeded + c.failed + c.cancelled < c.points {
             if c.queued == c.points { JobState::Queued } else { JobState::Running }
         } else if c.failed > 0 {
@@ -726,7 +726,8 @@ impl State {
     }
 
     pub fn started(&mut self, agent_id: &str, job_id: &str, attempt: u32) -> Vec<Action> {
-        let Some(seq) = self.owned(agent_id, job_id, attempt).filter(|j| j.state() == JobState::Assigned).map(|j| j.seq)
+        let Some(seq) =
+            self.owned(agent_id, job_id, attempt).filter(|j| j.state() == JobState::Assigned).map(|j| j.seq)
         else {
             return Vec::new();
         };
@@ -1055,7 +1056,7 @@ mod tests {
 
     fn counts(state: &State, id: &str) -> (JobState, [u32; 5]) {
         let job = state.job(id).unwrap();
-        let c = job.sweep.clone().unwrap();
+        let c = job.sweep.unwrap();
         (job.state(), [c.queued, c.running, c.succeeded, c.failed, c.cancelled])
     }
 

@@ -20,11 +20,8 @@ fn submit_and_wait(cluster: &Cluster, spec: &Value) -> Value {
 fn plots_in(html: &str) -> Vec<String> {
     assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
     assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains(" href="), "nothing fetched");
-    let plots: Vec<String> = html
-        .split("<figure data-plot=\"")
-        .skip(1)
-        .map(|s| s.split('"').next().unwrap().to_string())
-        .collect();
+    let plots: Vec<String> =
+        html.split("<figure data-plot=\"").skip(1).map(|s| s.split('"').next().unwrap().to_string()).collect();
     assert_eq!(html.matches("<svg").count(), plots.len(), "an SVG in every plot");
     plots
 }
@@ -74,7 +71,16 @@ async fn a_gpt2_sweep_runs_each_point_where_it_fits_and_its_report_fits_the_laws
     // The report: a line per point, power laws, the tidy table and one HTML page.
     let dir = TempDir::new("sweep-report");
     let (html, csv, tidy) = (dir.0.join("r.html"), dir.0.join("r.csv"), dir.0.join("r.json"));
-    let args = ["report", id, "--html", html.to_str().unwrap(), "--csv", csv.to_str().unwrap(), "--json", tidy.to_str().unwrap()];
+    let args = [
+        "report",
+        id,
+        "--html",
+        html.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+        tidy.to_str().unwrap(),
+    ];
     let (code, out, err) = cluster.cli(&args, None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sweep of 8 points: 8 succeeded"), "{out}");
@@ -184,7 +190,8 @@ async fn a_browser_sweep_crosses_modes_and_browsers_and_reports_page_loads_and_i
 
     let dir = TempDir::new("browser-report");
     let (html, csv) = (dir.0.join("r.html"), dir.0.join("r.csv"));
-    let (code, out, err) = cluster.cli(&["report", &id, "--html", html.to_str().unwrap(), "--csv", csv.to_str().unwrap()], None);
+    let (code, out, err) =
+        cluster.cli(&["report", &id, "--html", html.to_str().unwrap(), "--csv", csv.to_str().unwrap()], None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("loadMs (open login page)"), "{out}");
     let plots = plots_in(&std::fs::read_to_string(&html).unwrap());

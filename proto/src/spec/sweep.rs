@@ -62,18 +62,20 @@ pub fn expand(spec: &JobSpec) -> Result<Vec<Point>, SpecError> {
         let mut label = Vec::with_capacity(axes.len());
         for (((path, axis), i), short) in axes.iter().zip(&index).zip(&short_names) {
             let value = &axis[*i];
-            set_path(&mut json, path, value.clone()).map_err(|rule| SpecError::new(format!("spec.matrix[{path:?}]"), rule))?;
+            set_path(&mut json, path, value.clone())
+                .map_err(|rule| SpecError::new(format!("spec.matrix[{path:?}]"), rule))?;
             values.insert(path.to_string(), from_json(value));
             label.push(format!("{short}={}", show(value)));
         }
         let label = label.join(" ");
-        let mut point_spec: JobSpec = serde_json::from_value(json).map_err(|e| {
-            SpecError::new("spec.matrix", format!("the point {label} is not a valid spec: {e}"))
-        })?;
-        validate(&point_spec).map_err(|e| SpecError::new(e.field, format!("{} (in the sweep's point {label})", e.rule)))?;
+        let mut point_spec: JobSpec = serde_json::from_value(json)
+            .map_err(|e| SpecError::new("spec.matrix", format!("the point {label} is not a valid spec: {e}")))?;
+        validate(&point_spec)
+            .map_err(|e| SpecError::new(e.field, format!("{} (in the sweep's point {label})", e.rule)))?;
         let base = crate::job::display_name(&point_spec).to_string();
         for r in 1..=repeat {
-            let mut name = [base.as_str(), label.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+            let mut name =
+                [base.as_str(), label.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
             if repeat > 1 {
                 name.push_str(&format!(" #{r}"));
             }
@@ -236,11 +238,27 @@ mod tests {
                 "spec.matrix: the point seqLn=64 is not a valid spec",
                 "seqLn",
             ),
-            (r#"{"spec":{"matrix":{"sleep.durationMs":[]},"sleep":{}}}"#, r#"spec.matrix["sleep.durationMs"]: "#, "at least one"),
-            (r#"{"spec":{"matrix":{"sleep..x":[1]},"sleep":{}}}"#, r#"spec.matrix["sleep..x"]: must be a field path"#, ""),
+            (
+                r#"{"spec":{"matrix":{"sleep.durationMs":[]},"sleep":{}}}"#,
+                r#"spec.matrix["sleep.durationMs"]: "#,
+                "at least one",
+            ),
+            (
+                r#"{"spec":{"matrix":{"sleep..x":[1]},"sleep":{}}}"#,
+                r#"spec.matrix["sleep..x"]: must be a field path"#,
+                "",
+            ),
             (r#"{"spec":{"matrix":{"repeat":[1,2]},"sleep":{}}}"#, r#"spec.matrix["repeat"]: "#, "cannot be swept"),
-            (r#"{"spec":{"matrix":{"sleep.durationMs.x":[1]},"sleep":{"durationMs":5}}}"#, r#"spec.matrix["sleep.durationMs.x"]"#, "not an object"),
-            (r#"{"spec":{"repeat":20000,"noop":{}}}"#, "spec.matrix: 1 combinations x repeat 20000 is more than 10000 jobs", ""),
+            (
+                r#"{"spec":{"matrix":{"sleep.durationMs.x":[1]},"sleep":{"durationMs":5}}}"#,
+                r#"spec.matrix["sleep.durationMs.x"]"#,
+                "not an object",
+            ),
+            (
+                r#"{"spec":{"repeat":20000,"noop":{}}}"#,
+                "spec.matrix: 1 combinations x repeat 20000 is more than 10000 jobs",
+                "",
+            ),
         ];
         for (json, starts, contains) in cases {
             let e = validate(&spec(json)).unwrap_err().to_string();
