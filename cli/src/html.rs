@@ -487,8 +487,24 @@ fn escape(s: &str) -> String {
 }
 
 /// The page: a heading, the point table (tokens/s and MFU where measured), the plots.
-pub fn page(title: &str, subtitle: &str, rows: &[Row], plots: &[Plot]) -> String {
-    let factors = factors(rows);
+/// A part of a page: one job or sweep (its rows and plots), or a comparison.
+pub struct Section<'a> {
+    pub title: String,
+    pub subtitle: String,
+    pub rows: &'a [Row],
+    pub plots: Vec<Plot>,
+}
+
+impl<'a> Section<'a> {
+    /// What these rows (one job's or sweep's) call for.
+    pub fn of(title: String, subtitle: String, rows: &'a [Row]) -> Self {
+        Section { title, subtitle, rows, plots: plots(rows) }
+    }
+}
+
+/// The page: per section, a heading, the point table (tokens/s and MFU where measured)
+/// and the plots.
+pub fn page(title: &str, sections: &[Section]) -> String {
     let mut html = String::new();
     html.push_str(&format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
@@ -497,21 +513,24 @@ pub fn page(title: &str, subtitle: &str, rows: &[Row], plots: &[Plot]) -> String
          td.l,th.l{{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}\
          figure{{margin:0;border:1px solid #eee}}figcaption{{font-size:12px;color:#666;padding:2px 6px}}\
          .bar{{background:#4a90d9;height:9px;display:inline-block}}</style></head><body>\
-         <h1>{t}</h1><p>{s}</p>",
+         <h1>{t}</h1>",
         t = escape(title),
-        s = escape(subtitle)
     ));
-    html.push_str(&point_table(rows, &factors));
-    html.push_str("<div class=\"plots\">");
-    for plot in plots {
-        html.push_str(&format!(
-            "<figure data-plot=\"{}\">{}<figcaption>{}</figcaption></figure>",
-            escape(&plot.id),
-            plot.svg,
-            escape(&plot.title)
-        ));
+    for section in sections {
+        html.push_str(&format!("<h2>{}</h2><p>{}</p>", escape(&section.title), escape(&section.subtitle)));
+        html.push_str(&point_table(section.rows, &factors(section.rows)));
+        html.push_str("<div class=\"plots\">");
+        for plot in &section.plots {
+            html.push_str(&format!(
+                "<figure data-plot=\"{}\">{}<figcaption>{}</figcaption></figure>",
+                escape(&plot.id),
+                plot.svg,
+                escape(&plot.title)
+            ));
+        }
+        html.push_str("</div>");
     }
-    html.push_str("</div></body></html>\n");
+    html.push_str("</body></html>\n");
     html
 }
 
@@ -604,10 +623,9 @@ pub fn comparison_page(title: &str, found: &[Comparison], threshold: f64) -> Str
         }
         Ok(())
     });
-    let plots: Vec<Plot> = plot.into_iter().collect();
     let subtitle =
         format!("red: a regression (worse by more than {:.0} %, p < 0.05); green: an improvement", threshold * 100.0);
-    page(title, &subtitle, &[], &plots)
+    page(title, &[Section { title: "B / A".into(), subtitle, rows: &[], plots: plot.into_iter().collect() }])
 }
 
 #[cfg(test)]
@@ -664,7 +682,8 @@ pub mod tests {
             }
         }
         let rows = rows(&jobs);
-        let plots = plots(&rows);
+        let section = Section::of("sweep".into(), "test".into(), &rows);
+        let plots = &section.plots;
         let ids: Vec<&str> = plots.iter().map(|p| p.id.as_str()).collect();
         for want in [
             "law stepMs gpt2Train.seqLen",
@@ -674,7 +693,7 @@ pub mod tests {
         ] {
             assert!(ids.contains(&want), "{want:?} missing from {ids:?}");
         }
-        let html = page("sweep", "test", &rows, &plots);
+        let html = page("sweep", std::slice::from_ref(&section));
         assert_eq!(html.matches("<svg").count(), plots.len());
         assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains(" href="), "nothing fetched");
         // The legend of the step law: one fit per thread count, k = 2.00.

@@ -79,6 +79,9 @@ enum Command {
         /// Only jobs with this label (repeatable), key=value.
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Only the points of this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
         /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -220,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit_for(&job));
         }
         Command::Get { id } => out.job(&jobs.get_job(GetJobRequest { id }).await?.into_inner())?,
-        Command::List { states, labels, limit } => {
+        Command::List { states, labels, sweep, limit } => {
             let states = states
                 .iter()
                 .map(|s| JobState::parse(s).map(|s| s as i32).ok_or_else(|| anyhow!("--state {s:?} is not a job state: use queued, assigned, running, succeeded, failed or cancelled")))
@@ -233,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--label {l:?} must look like key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let request = ListJobsRequest { states, labels, ..Default::default() };
+            let request = ListJobsRequest { states, labels, sweep_id: sweep.unwrap_or_default(), ..Default::default() };
             out.jobs(&list(&mut jobs, request, limit as usize).await?)?;
         }
         Command::Report { ids, html, csv, json } => {
@@ -250,27 +253,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 found
             };
-            let mut measured = Vec::new();
+            // A sweep stands for its points.
+            let mut each = Vec::new();
             for job in &found {
-                measured.extend(points_of(&mut jobs, job).await?);
+                let points = points_of(&mut jobs, job).await?;
+                let rows = tidy::rows(&points);
+                each.push((job, points, rows));
             }
-            let rows = tidy::rows(&measured);
             if !out.jobs_data(&found)? {
-                report::print(&found, &measured, &rows);
+                for (job, points, rows) in &each {
+                    report::print(job, points, rows);
+                }
             }
-            let title = found
-                .iter()
-                .map(|j| j.spec.as_ref().map(baton_proto::job::display_name).unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let ids: Vec<&str> = found.iter().map(|j| j.id.as_str()).collect();
             if let Some(path) = html {
-                let plots = html::plots(&rows);
-                let subtitle = format!("{} · {} points · {} plots", ids.join(", "), measured.len(), plots.len());
-                std::fs::write(&path, html::page(&title, &subtitle, &rows, &plots))
+                let sections: Vec<html::Section> = each
+                    .iter()
+                    .map(|(job, points, rows)| {
+                        let name = job.spec.as_ref().map(baton_proto::job::display_name).unwrap_or("");
+                        let subtitle = format!("{} · {} job(s) · {}", job.id, points.len(), job.state().short_name());
+                        html::Section::of(name.to_string(), subtitle, rows)
+                    })
+                    .collect();
+                let plots: usize = sections.iter().map(|s| s.plots.len()).sum();
+                std::fs::write(&path, html::page("baton report", &sections))
                     .with_context(|| format!("writing {}", path.display()))?;
-                eprintln!("report: {} ({} plots)", path.display(), plots.len());
+                eprintln!("report: {} ({plots} plots)", path.display());
             }
+            let rows: Vec<tidy::Row> = each.into_iter().flat_map(|(_, _, rows)| rows).collect();
             if let Some(path) = csv {
                 write_out(&path, tidy::csv(&rows))?;
             }

@@ -10,36 +10,25 @@ use baton_proto::v1::{
 };
 use comfy_table::Table;
 
-/// The jobs asked for; a sweep as the table of its points (`rows`, from `points`).
-pub fn print(jobs: &[Job], points: &[Job], rows: &[Row]) {
-    for job in jobs {
-        let name = job.spec.as_ref().map(display_name).unwrap_or("");
-        println!("\n━━ {name} ({}) — {} ━━", job.id, job.state().short_name());
-        if !job.reason.is_empty() {
-            println!("reason: {}", job.reason);
-        }
-        if let Some(c) = &job.sweep {
-            println!(
-                "sweep of {} points: {} succeeded, {} failed, {} cancelled, {} running, {} queued",
-                c.points, c.succeeded, c.failed, c.cancelled, c.running, c.queued
-            );
-            let mine: Vec<Job> = points.iter().filter(|p| p.sweep_id == job.id).cloned().collect();
-            let ids: Vec<&str> = mine.iter().map(|p| p.id.as_str()).collect();
-            let rows: Vec<Row> =
-                rows.iter().filter(|r| r.jobs.iter().any(|j| ids.contains(&j.as_str()))).cloned().collect();
-            sweep(&rows);
-            for p in mine.iter().filter(|p| p.state() != JobState::Succeeded) {
-                println!(
-                    "{} ({}): {} {}",
-                    display_name(p.spec.as_ref().unwrap_or(&Default::default())),
-                    p.id,
-                    p.state().short_name(),
-                    p.reason
-                );
-            }
-        } else {
-            measured(job);
-        }
+/// One job; a sweep as the table of its points (`points`, measured in `rows`).
+pub fn print(job: &Job, points: &[Job], rows: &[Row]) {
+    let name = job.spec.as_ref().map(display_name).unwrap_or("");
+    println!("\n━━ {name} ({}) — {} ━━", job.id, job.state().short_name());
+    if !job.reason.is_empty() {
+        println!("reason: {}", job.reason);
+    }
+    let Some(c) = &job.sweep else {
+        measured(job);
+        return;
+    };
+    println!(
+        "sweep of {} points: {} succeeded, {} failed, {} cancelled, {} running, {} queued",
+        c.points, c.succeeded, c.failed, c.cancelled, c.running, c.queued
+    );
+    sweep(rows);
+    for p in points.iter().filter(|p| p.state() != JobState::Succeeded) {
+        let name = p.spec.as_ref().map(display_name).unwrap_or("");
+        println!("{name} ({}): {} {}", p.id, p.state().short_name(), p.reason);
     }
 }
 

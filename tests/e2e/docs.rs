@@ -2,7 +2,8 @@
 //! of README.md, helm/baton/README.md and docs/*.md runs, as written, against a real
 //! coordinator and agent, and exits 0. The only changes: the coordinator's address is the
 //! test's (`127.0.0.1:7070` in grpcurl lines, `BATON_COORDINATOR` for the CLI),
-//! `<id>`/`<job id>` is a job that ran, `<traceId>` its trace and `<agent id>` the agent.
+//! `<id>`/`<job id>` is a job that ran, `<traceId>` its trace, `<sweep id>` and `<other
+//! sweep id>` two sweeps of the same work that ran, and `<agent id>` the agent.
 //! Commands with TLS files (`--tls-ca`, `-cacert`) run in the folder of a TLS coordinator
 //! with tokens and an agent with a certificate (`ca.pem`, `alice.token`, … as the docs name
 //! them; `127.0.0.1:7443` is its address); `baton token` runs in a fresh folder each time.
@@ -61,6 +62,14 @@ async fn every_baton_and_grpcurl_command_in_the_docs_runs() {
     let job: serde_json::Value = serde_json::from_str(&out).expect("the job as JSON");
     let id = job["id"].as_str().expect("a job id").to_string();
     let trace_id = finished(&cluster, &id, Duration::from_secs(30)).await.trace_id;
+    let mut sweeps = Vec::new();
+    for _ in 0..2 {
+        let sweep = r#"{"spec": {"name": "naps", "matrix": {"sleep.durationMs": [20, 40]}, "repeat": 3, "sleep": {}}}"#;
+        let (code, out, err) = cluster.cli(&["-o", "json", "submit", "-", "--wait"], Some(sweep));
+        assert_eq!(code, 0, "{out}{err}");
+        let sweep: serde_json::Value = serde_json::from_str(&out).expect("the sweep as JSON");
+        sweeps.push(sweep["id"].as_str().expect("a sweep id").to_string());
+    }
     let secured = Secured::start(1, &[]).await;
     let (cert, key) = secured.ca.issue("pool-a", "pool-a", &[]);
     let _secured_agent = secured.agent("pool-a/1", Some((&cert, &key)));
@@ -81,6 +90,8 @@ async fn every_baton_and_grpcurl_command_in_the_docs_runs() {
         let command = command
             .replace("127.0.0.1:7070", &format!("127.0.0.1:{}", cluster.port))
             .replace("127.0.0.1:7443", &format!("127.0.0.1:{}", secured.port))
+            .replace("<other sweep id>", &sweeps[1])
+            .replace("<sweep id>", &sweeps[0])
             .replace("<job id>", &id)
             .replace("<id>", &id)
             .replace("<traceId>", &trace_id)
