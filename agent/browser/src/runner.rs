@@ -27,6 +27,15 @@ const POLL: Duration = Duration::from_millis(5);
 /// What a step's failure says, before secrets are masked.
 type StepResult<T> = Result<T, String>;
 
+/// A wait step's condition: its kind, argument and locator kind as the page-side scripts
+/// take them, and how to say it in an error.
+struct Condition {
+    kind: &'static str,
+    arg: String,
+    by: &'static str,
+    what: String,
+}
+
 /// The clock an interaction is measured from: the last action step.
 #[derive(Clone, Copy)]
 struct Action {
@@ -211,8 +220,11 @@ impl<'a> Scenario<'a> {
                     url.full = tracing::field::Empty,
                 );
                 let t = Instant::now();
-                let outcome =
-                    self.run_step(session, &mut rep, number, step, &mut last_action).instrument(span.clone()).await;
+                let next = self.spec.steps.get(i + 1);
+                let outcome = self
+                    .run_step(session, &mut rep, number, step, next, &mut last_action)
+                    .instrument(span.clone())
+                    .await;
                 match outcome {
                     Ok(mut timing) => {
                         timing.step_number = number;
@@ -282,6 +294,7 @@ impl<'a> Scenario<'a> {
         rep: &mut RepeatReport,
         number: u32,
         step: &BrowserStep,
+        next: Option<&BrowserStep>,
         last_action: &mut Option<Action>,
     ) -> StepResult<StepTiming> {
         use browser_step::Kind;
@@ -317,7 +330,7 @@ impl<'a> Scenario<'a> {
             }
             Some(Kind::Find(f)) => {
                 let el = self.find(session, f.locator.as_ref(), timeout_or(f.timeout_ms)).await?;
-                self.arm_input_stamp(session).await?;
+                self.arm(session, next).await?;
                 *last_action = Some(Action { step_number: number, started: Instant::now() });
                 let acted = match &f.action {
                     None => return Err("the find step has no action".into()),
@@ -343,7 +356,8 @@ impl<'a> Scenario<'a> {
                 if let Some(action) = last_action.take() {
                     let browser_ms = outcome.input.map(|input| (outcome.at - input).max(0.0)).unwrap_or(0.0);
                     let wall_ms = ms(action.started.elapsed());
-                    tracing::info!(action_step = action.step_number, browser_ms, wall_ms, "interaction");
+                    let watched = outcome.watched;
+                    tracing::info!(action_step = action.step_number, browser_ms, wall_ms, watched, "interaction");
                     timing.interaction =
                         Some(InteractionTiming { action_step_number: action.step_number, browser_ms, wall_ms });
                 }
@@ -394,7 +408,7 @@ impl<'a> Scenario<'a> {
                     Some(l) => Some(self.find(session, Some(l), timeout_or(t.timeout_ms)).await?),
                     None => None,
                 };
-                self.arm_input_stamp(session).await?;
+                self.arm(session, next).await?;
                 *last_action = Some(Action { step_number: number, started: Instant::now() });
                 if let Some(el) = &el {
                     let (x, y) = self.element_on_screen(session, desktop, el).await?;
@@ -412,7 +426,7 @@ impl<'a> Scenario<'a> {
             Some(Kind::KeyChord(k)) => {
                 let desktop = self.desktop()?;
                 let keys = check_key_chord(&k.keys)?.into_iter().map(str::to_string).collect();
-                self.arm_input_stamp(session).await?;
+                self.arm(session, next).await?;
                 *last_action = Some(Action { step_number: number, started: Instant::now() });
                 desktop.send(Input::Chord(keys)).await.map_err(|e| e.to_string())?;
             }
@@ -432,7 +446,7 @@ impl<'a> Scenario<'a> {
                     Some(mouse_click_step::Target::Point(p)) => self.point_on_screen(session, desktop, p).await?,
                     None => return Err("the mouseClick step has no target".into()),
                 };
-                self.arm_input_stamp(session).await?;
+                self.arm(session, next).await?;
                 *last_action = Some(Action { step_number: number, started: Instant::now() });
                 desktop
                     .send(Input::Click { x, y, button: button_named(&m.button) })
@@ -493,21 +507,7 @@ impl<'a> Scenario<'a> {
         w: &baton_proto::v1::WaitStep,
         timeout: Duration,
     ) -> StepResult<WaitOutcome> {
-        let (kind, arg, by, what) = match &w.condition {
-            None => return Err("the wait step has no condition".into()),
-            Some(wait_step::Condition::Visible(l)) => {
-                ("visible", locator_value(l), locator_kind(l), format!("{} to be visible", describe(Some(l))))
-            }
-            Some(wait_step::Condition::Clickable(l)) => {
-                ("clickable", locator_value(l), locator_kind(l), format!("{} to be clickable", describe(Some(l))))
-            }
-            Some(wait_step::Condition::TextPresent(t)) => ("textPresent", t.as_str(), "", format!("text {t:?}")),
-            Some(wait_step::Condition::UrlMatches(t)) => {
-                ("urlMatches", t.as_str(), "", format!("the URL to match {t}"))
-            }
-            Some(wait_step::Condition::Js(t)) => ("js", t.as_str(), "", format!("{t} to be true")),
-        };
-        let arg = self.fill(arg);
+        let Condition { kind, arg, by, what } = self.condition(w)?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -526,8 +526,37 @@ impl<'a> Scenario<'a> {
         }
     }
 
-    async fn arm_input_stamp(&self, session: &Session) -> StepResult<()> {
-        session.driver.execute(timing::ARM_INPUT_STAMP_JS, Vec::new()).await.map(|_| ()).map_err(|e| e.to_string())
+    /// What a wait step waits for, as the page-side scripts take it.
+    fn condition(&self, w: &baton_proto::v1::WaitStep) -> StepResult<Condition> {
+        let (kind, arg, by, what) = match &w.condition {
+            None => return Err("the wait step has no condition".into()),
+            Some(wait_step::Condition::Visible(l)) => {
+                ("visible", locator_value(l), locator_kind(l), format!("{} to be visible", describe(Some(l))))
+            }
+            Some(wait_step::Condition::Clickable(l)) => {
+                ("clickable", locator_value(l), locator_kind(l), format!("{} to be clickable", describe(Some(l))))
+            }
+            Some(wait_step::Condition::TextPresent(t)) => ("textPresent", t.as_str(), "", format!("text {t:?}")),
+            Some(wait_step::Condition::UrlMatches(t)) => {
+                ("urlMatches", t.as_str(), "", format!("the URL to match {t}"))
+            }
+            Some(wait_step::Condition::Js(t)) => ("js", t.as_str(), "", format!("{t} to be true")),
+        };
+        Ok(Condition { kind, arg: self.fill(arg), by, what })
+    }
+
+    /// Before an action: the page stamps the action's first input event, and — when the
+    /// next step waits — the moment its condition first holds, in this document and (where
+    /// the session watches new documents) every document after it.
+    async fn arm(&self, session: &Session, next: Option<&BrowserStep>) -> StepResult<()> {
+        let args = match next.and_then(|s| match &s.kind {
+            Some(browser_step::Kind::Wait(w)) => self.condition(w).ok(),
+            _ => None,
+        }) {
+            Some(c) => vec![c.kind.into(), c.arg.into(), c.by.into()],
+            None => vec![serde_json::Value::Null; 3],
+        };
+        session.driver.execute(timing::ARM_JS, args).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Polls (through WebDriver) until the typed text has arrived in the element.

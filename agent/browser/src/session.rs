@@ -151,6 +151,17 @@ impl Session {
             session.close().await;
             return Err(BrowserError::SessionStart(e.to_string()));
         }
+        // The wait-condition watch at the start of every document (Chromium, through CDP);
+        // elsewhere it runs only in the document an action starts in.
+        if options.browser != "firefox" {
+            let source = serde_json::json!({ "source": crate::timing::WATCH_JS });
+            if let Err(e) = session.driver.cdp().send_raw("Page.addScriptToEvaluateOnNewDocument", source).await {
+                tracing::warn!(
+                    error = %e,
+                    "the browser takes no script at document start: interactions across a navigation are timed when the wait step looks"
+                );
+            }
+        }
         Ok(session)
     }
 

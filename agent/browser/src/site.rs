@@ -105,6 +105,35 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     Ok(Some(Request { method, path, body, keep_alive }))
 }
 
+/// How long the stamped result page's image takes: its load event comes this late.
+const SLOW_IMAGE_DELAY: Duration = Duration::from_millis(300);
+
+/// A page that stamps its own events with the page clock (for checking baton's interaction
+/// timing against it): the button's first pointerdown, in sessionStorage as `siteInputAt`;
+/// its click navigates to the result page.
+const STAMPED: &str = r#"<!doctype html><html><head><title>Stamped</title></head><body>
+<button id="go">Go</button>
+<script>
+sessionStorage.removeItem('siteInputAt'); sessionStorage.removeItem('siteAppendedAt');
+document.getElementById('go').addEventListener('pointerdown', e => {
+  if (!sessionStorage.getItem('siteInputAt')) sessionStorage.setItem('siteInputAt', String(performance.timeOrigin + e.timeStamp));
+}, true);
+document.getElementById('go').addEventListener('click', () => { location.href = '/stamped/result'; });
+</script></body></html>"#;
+
+/// The result: 500 rows, then `#result` and, right after it, the page's stamp of when it
+/// was appended (`siteAppendedAt`); an image that takes [`SLOW_IMAGE_DELAY`] holds the load
+/// event back, as a slow resource does on a real page.
+fn stamped_result() -> String {
+    let rows: String = (1..=500).map(|i| format!("<tr><td>{i}</td><td>row {i}</td></tr>")).collect();
+    format!(
+        "<!doctype html><html><head><title>Result</title></head><body><img src=\"/stamped/slow.svg\" width=\"20\" height=\"20\">\
+         <table>{rows}</table><p id=\"result\">Done</p>\
+         <script>sessionStorage.setItem('siteAppendedAt', String(performance.timeOrigin + performance.now()));</script>\
+         </body></html>"
+    )
+}
+
 async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
     const HTML: &str = "text/html; charset=utf-8";
     let path = req.path.split('?').next().unwrap_or("/");
@@ -128,6 +157,12 @@ async fn route(req: &Request) -> (&'static str, &'static str, Vec<u8>) {
         }
         ("GET", "/heavy") => ("200 OK", HTML, heavy_page().into_bytes()),
         ("GET", "/form") => ("200 OK", HTML, FORM.into()),
+        ("GET", "/stamped") => ("200 OK", HTML, STAMPED.into()),
+        ("GET", "/stamped/result") => ("200 OK", HTML, stamped_result().into_bytes()),
+        ("GET", "/stamped/slow.svg") => {
+            tokio::time::sleep(SLOW_IMAGE_DELAY).await;
+            ("200 OK", "image/svg+xml", image("/static/img/0.svg").into_bytes())
+        }
         ("GET", p) if p.starts_with("/static/img/") => ("200 OK", "image/svg+xml", image(p).into_bytes()),
         ("GET", p) if p.starts_with("/static/js/") => ("200 OK", "text/javascript", script(p).into_bytes()),
         ("GET", p) if p.starts_with("/static/css/") => ("200 OK", "text/css", style(p).into_bytes()),

@@ -41,26 +41,11 @@ function ready() {
 (function poll() { if (ready()) finish(); else setTimeout(poll, 2); })();
 "#;
 
-/// Arms the page to stamp the first input event of the next action (in sessionStorage,
-/// so the stamp survives a same-origin navigation the action causes).
-pub(crate) const ARM_INPUT_STAMP_JS: &str = r#"
-try { sessionStorage.removeItem('__batonInputAt'); } catch (_) {}
-if (!window.__batonArmed) {
-  window.__batonArmed = true;
-  for (const type of ['pointerdown', 'mousedown', 'keydown', 'beforeinput', 'click', 'submit']) {
-    addEventListener(type, e => {
-      try { if (!sessionStorage.getItem('__batonInputAt')) sessionStorage.setItem('__batonInputAt', String(performance.timeOrigin + e.timeStamp)); } catch (_) {}
-    }, true);
-  }
-}
-"#;
-
-/// Waits page-side for a condition, checking on every DOM mutation and every 5 ms; the
-/// moment it holds is stamped with the browser's clock. Arguments: kind, argument,
-/// locator kind, timeout in ms.
-pub(crate) const WAIT_JS: &str = r#"
-const [kind, arg, by, timeoutMs] = arguments;
-const done = arguments[arguments.length - 1];
+/// The wait conditions, page-side: `holds(kind, arg, by)`, its last script error in
+/// `lastError`. One text, in both scripts that check a condition.
+macro_rules! condition_js {
+    () => {
+        r#"
 let lastError = null;
 function find(by, value) {
   switch (by) {
@@ -77,7 +62,7 @@ function visible(el) {
   const s = getComputedStyle(el);
   return el.getClientRects().length > 0 && s.visibility !== 'hidden' && s.display !== 'none';
 }
-function holds() {
+function holds(kind, arg, by) {
   try {
     switch (kind) {
       case 'visible': return visible(find(by, arg));
@@ -89,24 +74,119 @@ function holds() {
   } catch (e) { lastError = String(e); }
   return false;
 }
+"#
+    };
+}
+
+/// The watch: while a condition is armed (in sessionStorage, by [`ARM_JS`]) and an input
+/// event has been stamped, it checks the condition on every DOM mutation and every 5 ms and
+/// stamps, in sessionStorage, the browser's clock when it first holds. It runs in the
+/// document the action starts in (from [`ARM_JS`]) and, installed at document start
+/// (Chromium: `Page.addScriptToEvaluateOnNewDocument`), in every document after it — so a
+/// condition met while a new page is still loading is stamped then, not when the wait step
+/// gets to look.
+macro_rules! watch_js {
+    () => {
+        concat!(
+            "(() => {\nif (window.top !== window) return;\nif (!window.__batonWatch) {\n",
+            condition_js!(),
+            r#"
+  let armed = null, observer = null, interval = null;
+  const stop = () => { if (observer) observer.disconnect(); clearInterval(interval); observer = null; interval = null; };
+  const check = () => {
+    try {
+      if (sessionStorage.getItem('__batonMetAt')) { stop(); return; }
+      if (!sessionStorage.getItem('__batonInputAt')) return;
+      if (holds(armed[0], armed[1], armed[2])) {
+        sessionStorage.setItem('__batonMetAt', String(performance.timeOrigin + performance.now()));
+        stop();
+      }
+    } catch (_) { stop(); }
+  };
+  window.__batonWatch = () => {
+    stop();
+    try { armed = JSON.parse(sessionStorage.getItem('__batonCondition') || 'null'); } catch (_) { armed = null; }
+    if (!armed) return;
+    observer = new MutationObserver(check);
+    observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+    interval = setInterval(check, 5);
+    check();
+  };
+}
+window.__batonWatch();
+})();
+"#
+        )
+    };
+}
+
+/// Installed at the start of every document of a Chromium session.
+pub(crate) const WATCH_JS: &str = watch_js!();
+
+/// Before an action: forgets the last action's stamps, arms the condition of the wait step
+/// that follows (arguments: kind, argument, locator kind; a null kind arms none), arms the
+/// page to stamp the action's first input event, and starts the watch in this document.
+/// Stamps live in sessionStorage, so they survive a same-origin navigation the action
+/// causes.
+pub(crate) const ARM_JS: &str = concat!(
+    r#"
+const [condKind, condArg, condBy] = arguments;
+try {
+  for (const key of ['__batonInputAt', '__batonMetAt', '__batonCondition']) sessionStorage.removeItem(key);
+  if (condKind) sessionStorage.setItem('__batonCondition', JSON.stringify([condKind, condArg, condBy]));
+} catch (_) {}
+if (!window.__batonArmed) {
+  window.__batonArmed = true;
+  for (const type of ['pointerdown', 'mousedown', 'keydown', 'beforeinput', 'click', 'submit']) {
+    addEventListener(type, e => {
+      try { if (!sessionStorage.getItem('__batonInputAt')) sessionStorage.setItem('__batonInputAt', String(performance.timeOrigin + e.timeStamp)); } catch (_) {}
+    }, true);
+  }
+}
+"#,
+    watch_js!()
+);
+
+/// Waits page-side for a condition, checking on every DOM mutation and every 5 ms; the
+/// moment it holds is stamped with the browser's clock — or, when the watch stamped this
+/// same condition earlier (maybe in a document before this one) and it still holds, that
+/// earlier moment. Arguments: kind, argument, locator kind, timeout in ms.
+pub(crate) const WAIT_JS: &str = concat!(
+    r#"
+const [kind, arg, by, timeoutMs] = arguments;
+const done = arguments[arguments.length - 1];
+"#,
+    condition_js!(),
+    r#"
 let observer = null, interval = null, timer = null, finished = false;
-function finish(met) {
+function finish(met, stamped) {
   if (finished) return;
   finished = true;
-  const at = performance.timeOrigin + performance.now();
+  const at = stamped || performance.timeOrigin + performance.now();
   if (observer) observer.disconnect();
   clearInterval(interval); clearTimeout(timer);
   let input = null;
-  try { input = Number(sessionStorage.getItem('__batonInputAt')) || null; } catch (_) {}
-  done({ met, at, input, lastError, url: location.href });
+  try {
+    input = Number(sessionStorage.getItem('__batonInputAt')) || null;
+    if (met) for (const key of ['__batonMetAt', '__batonCondition']) sessionStorage.removeItem(key);
+  } catch (_) {}
+  done({ met, at, input, lastError, url: location.href, watched: !!stamped });
 }
-if (holds()) { finish(true); } else {
-  observer = new MutationObserver(() => { if (holds()) finish(true); });
+let stamped = null;
+try {
+  if (sessionStorage.getItem('__batonCondition') === JSON.stringify([kind, arg, by])) {
+    stamped = Number(sessionStorage.getItem('__batonMetAt')) || null;
+  }
+} catch (_) {}
+if (holds(kind, arg, by)) { finish(true, stamped); } else {
+  const check = () => { if (holds(kind, arg, by)) finish(true, null); };
+  observer = new MutationObserver(check);
   observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
-  interval = setInterval(() => { if (holds()) finish(true); }, 5);
-  timer = setTimeout(() => finish(false), timeoutMs);
+  interval = setInterval(check, 5);
+  timer = setTimeout(() => finish(false, null), timeoutMs);
 }
-"#;
+"#
+);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +196,10 @@ pub(crate) struct WaitOutcome {
     pub at: f64,
     /// Browser clock of the action's first input event, when the page saw one.
     pub input: Option<f64>,
+    /// `at` is the watch's stamp (taken as the condition first held, maybe in an earlier
+    /// document) rather than the wait script's.
+    #[serde(default)]
+    pub watched: bool,
     pub last_error: Option<String>,
 }
 
