@@ -55,7 +55,7 @@ pub fn plots(rows: &[Row]) -> Vec<Plot> {
     for factor in &factors {
         for (step, figure) in &figures {
             let of: Vec<&Row> = rows.iter().filter(|r| r.step == *step && r.figure == *figure).collect();
-            if of.iter().all(|r| r.x(factor).is_some()) {
+            if lawful(&of, factor) {
                 plots.extend(law(&of, factor, &factors));
             }
         }
@@ -70,6 +70,20 @@ pub fn plots(rows: &[Row]) -> Vec<Plot> {
     plots.extend(page_loads(rows, &factors));
     plots.extend(interactions(rows, &factors));
     plots
+}
+
+/// Whether a law can be fitted to these rows against `factor`: every row has a number
+/// there, and there are three or more of them (two points fit any line exactly).
+pub fn lawful(rows: &[&Row], factor: &str) -> bool {
+    let mut xs: Vec<f64> = Vec::new();
+    for r in rows {
+        match r.x(factor) {
+            Some(x) if !xs.contains(&x) => xs.push(x),
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    xs.len() >= 3
 }
 
 /// Rows grouped by the values of every factor but `factor`: one series each, in the
@@ -147,6 +161,9 @@ fn law(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
     if !(x_lo > 0.0 && y_lo > 0.0 && x_hi > x_lo) {
         return None;
     }
+    // Room for the legend: below the data when times grow with x, above when they fall.
+    let rising = groups.iter().filter_map(|(_, _, f)| f.map(|f| f.k)).sum::<f64>() >= 0.0;
+    let y_range = if rising { y_lo / 5.0..y_hi * 1.5 } else { y_lo / 1.5..y_hi * 5.0 };
     let id = ["law", &first.step, &first.figure, factor]
         .iter()
         .filter(|s| !s.is_empty())
@@ -159,11 +176,12 @@ fn law(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(60)
-            .build_cartesian_2d((x_lo / 1.2..x_hi * 1.2).log_scale(), (y_lo / 1.5..y_hi * 1.5).log_scale())?;
+            .build_cartesian_2d((x_lo / 1.2..x_hi * 1.2).log_scale(), y_range.log_scale())?;
         chart
             .configure_mesh()
             .x_desc(axis_title(factor))
             .y_desc(first.unit.name())
+            .y_labels(6)
             .x_label_formatter(&|v| number(*v))
             .y_label_formatter(&|v| number(*v))
             .draw()?;
@@ -187,7 +205,7 @@ fn law(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
                 chart.draw_series(DashedLineSeries::new(line, 4, 3, color.mix(0.7).stroke_width(1)))?;
             }
         }
-        legend(&mut chart)
+        legend(&mut chart, if rising { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
     })
 }
 
@@ -231,7 +249,7 @@ fn scaling(rows: &[&Row], factor: &str, factors: &[String]) -> Option<Plot> {
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
         }
-        legend(&mut chart)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -260,7 +278,7 @@ fn bar_chart(title: &str, id: String, y_desc: &str, bars: Bars) -> Option<Plot> 
         .fold(0.0, f64::max);
     let categories = bars.categories.clone();
     draw(title, id, |root| {
-        let mut chart = category_chart(&root, title, &categories, 0.0..stack_hi * 1.15 + 1e-9, y_desc)?;
+        let mut chart = category_chart(&root, title, &categories, 0.0..stack_hi * 1.6 + 1e-9, y_desc)?;
         let k = bars.segments.len().max(1) as f64;
         for (s, (name, values)) in bars.segments.iter().enumerate() {
             let color = Palette99::pick(s).to_rgba();
@@ -287,7 +305,7 @@ fn bar_chart(title: &str, id: String, y_desc: &str, bars: Bars) -> Option<Plot> 
                 .label(name.as_str())
                 .legend(move |(x, y)| Circle::new((x + 6, y), 5, color.filled()));
         }
-        legend(&mut chart)
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -409,6 +427,7 @@ fn interactions(rows: &[Row], factors: &[String]) -> Vec<Plot> {
 
 fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
 ) -> Drawn
 where
     DB::ErrorType: 'static,
@@ -417,7 +436,7 @@ where
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .draw()?;
     Ok(())
 }
@@ -693,6 +712,7 @@ pub mod tests {
         ] {
             assert!(ids.contains(&want), "{want:?} missing from {ids:?}");
         }
+        assert!(!ids.contains(&"law stepMs gpt2Train.threads"), "two thread counts fit no law: {ids:?}");
         let html = page("sweep", std::slice::from_ref(&section));
         assert_eq!(html.matches("<svg").count(), plots.len());
         assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains(" href="), "nothing fetched");

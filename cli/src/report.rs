@@ -1,7 +1,7 @@
 //! `baton report`: what each finished job measured, as tables and small plots in the terminal.
 
 use crate::compare::{Comparison, Verdict};
-use crate::html::{fits, is_law_figure};
+use crate::html::{fits, lawful};
 use crate::show::table;
 use crate::tidy::{Row, Unit, axis_title, factors, short};
 use baton_proto::job::display_name;
@@ -111,27 +111,25 @@ fn sweep(rows: &[Row]) {
         t.add_row(cells);
     }
     println!("{t}");
+    // The main time's laws; every figure's are on the --html page.
+    let main = ["stepMs", "tpotMs", "scenarioWallMs", "loadMs", "interactionBrowserMs", "sleptMs"];
     for factor in &factors {
         let mut figures: Vec<(&str, &str)> = Vec::new();
-        for r in rows.iter().filter(|r| is_law_figure(r)) {
+        for r in rows.iter().filter(|r| main.contains(&r.figure.as_str())) {
             if !figures.contains(&(r.step.as_str(), r.figure.as_str())) {
                 figures.push((&r.step, &r.figure));
             }
         }
         for (step, figure) in figures {
             let of: Vec<&Row> = rows.iter().filter(|r| r.step == step && r.figure == figure).collect();
-            if !of.iter().all(|r| r.x(factor).is_some()) {
+            if !lawful(&of, factor) {
                 continue;
             }
             for (label, _, fit) in fits(&of, factor, &factors) {
                 let Some(fit) = fit else { continue };
                 let on = if label.is_empty() { String::new() } else { format!(" ({label})") };
-                println!(
-                    "{figure}{} ∝ {}^k{on}: {}",
-                    if step.is_empty() { String::new() } else { format!(" [{step}]") },
-                    axis_title(factor),
-                    fit.label()
-                );
+                let step = if step.is_empty() { String::new() } else { format!(" [{step}]") };
+                println!("{figure}{step} ∝ {}^k{on}: {}", axis_title(factor), fit.label());
             }
         }
     }

@@ -84,14 +84,13 @@ async fn a_gpt2_sweep_runs_each_point_where_it_fits_and_its_report_fits_the_laws
     let (code, out, err) = cluster.cli(&args, None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sweep of 8 points: 8 succeeded"), "{out}");
-    assert!(out.contains("forwardMs ∝ seqLen^k (threads=1): k = "), "{out}");
+    assert!(out.contains("stepMs ∝ seqLen^k (threads=1): k = "), "{out}");
     let plots = plots_in(&std::fs::read_to_string(&html).unwrap());
     for want in [
         "law stepMs gpt2Train.seqLen",
         "law forwardMs gpt2Train.seqLen",
         "law backwardMs gpt2Train.seqLen",
         "law optimizerMs gpt2Train.seqLen",
-        "law stepMs gpt2Train.threads",
         "scaling stepMs gpt2Train.threads",
     ] {
         assert!(plots.iter().any(|p| p == want), "{want:?} not in {plots:?}");
