@@ -212,39 +212,46 @@ async fn firefox_runs_the_login_flow_and_a_failure_leaves_a_screenshot() {
 
 /// Issue 12: click → visible across a navigation, timed by baton with the page's clock, is
 /// within 5 ms of the page's own stamps (its pointerdown; the moment it appended the
-/// element), although the new page's load event comes 300 ms after the element: the watch
-/// runs from the start of the new document.
+/// element), in Chromium and in Firefox, although the new page's load event comes 300 ms
+/// after the element: the watch runs from the start of the new document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interaction_times_match_the_page_own_stamps_across_a_navigation() {
     let site = Site::start().await;
     let mut cluster = Cluster::start(&[], &[]).await;
     cluster.add_agent("stamps-1", 1, &[]);
     cluster.wait_agents(1).await;
-    let spec = serde_json::json!({"spec": {"name": "stamped", "browser": {
-    "repeat": 10, "mode": "warm",
-    "steps": [
-        {"name": "open", "open": {"url": format!("{}/stamped", site.base)}},
-        {"name": "click Go", "find": {"locator": {"id": "go"}, "click": true}},
-        {"name": "result visible", "wait": {"visible": {"id": "result"}}},
-        {"name": "page stamps", "script": {"script":
-            "return Number(sessionStorage.getItem('siteAppendedAt')) - Number(sessionStorage.getItem('siteInputAt'))"}},
-    ]}}});
-    let req = baton_proto::spec::parse_request(&spec.to_string()).unwrap();
-    let id = cluster.jobs().await.submit_job(req).await.unwrap().into_inner().id;
-    let job = finished(&cluster, &id, Duration::from_secs(120)).await;
-    assert_eq!(job.state(), JobState::Succeeded, "{}", job.reason);
-    let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else { panic!("no browser result") };
-    let (mut baton, mut page) = (Vec::new(), Vec::new());
-    for repeat in &report.repeats {
-        baton.push(repeat.steps[2].interaction.as_ref().expect("click → visible is measured").browser_ms);
-        page.push(repeat.steps[3].script_result_json.parse::<f64>().expect("the page's stamps"));
+    for browser in ["chrome", "firefox"] {
+        let spec = serde_json::json!({"spec": {"name": "stamped", "browser": {
+        "browser": browser, "repeat": 10, "mode": "warm",
+        "steps": [
+            {"name": "open", "open": {"url": format!("{}/stamped", site.base)}},
+            {"name": "click Go", "find": {"locator": {"id": "go"}, "click": true}},
+            {"name": "result visible", "wait": {"visible": {"id": "result"}}},
+            {"name": "page stamps", "script": {"script":
+                "return Number(sessionStorage.getItem('siteAppendedAt')) - Number(sessionStorage.getItem('siteInputAt'))"}},
+        ]}}});
+        let req = baton_proto::spec::parse_request(&spec.to_string()).unwrap();
+        let id = cluster.jobs().await.submit_job(req).await.unwrap().into_inner().id;
+        let job = finished(&cluster, &id, Duration::from_secs(120)).await;
+        assert_eq!(job.state(), JobState::Succeeded, "{browser}: {}", job.reason);
+        let Some(job_result::Kind::Browser(report)) = job.result.and_then(|r| r.kind) else {
+            panic!("no browser result")
+        };
+        let (mut baton, mut page) = (Vec::new(), Vec::new());
+        for repeat in &report.repeats {
+            baton.push(repeat.steps[2].interaction.as_ref().expect("click → visible is measured").browser_ms);
+            page.push(repeat.steps[3].script_result_json.parse::<f64>().expect("the page's stamps"));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        let (b, p) = (median(&mut baton), median(&mut page));
+        println!("{browser}: click → visible: baton {b:.1} ms, the page's own stamps {p:.1} ms (medians of 10)");
+        assert!(p > 0.0, "{browser}: the page stamped its events: {page:?}");
+        assert!(
+            (b - p).abs() <= 5.0,
+            "{browser}: baton {b:.1} ms vs the page's own {p:.1} ms (medians of 10): {baton:?} {page:?}"
+        );
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    let (b, p) = (median(&mut baton), median(&mut page));
-    println!("click → visible: baton {b:.1} ms, the page's own stamps {p:.1} ms (medians of 10)");
-    assert!(p > 0.0, "the page stamped its events: {page:?}");
-    assert!((b - p).abs() <= 5.0, "baton {b:.1} ms vs the page's own {p:.1} ms (medians of 10): {baton:?} {page:?}");
 }

@@ -6,7 +6,8 @@ use crate::error::BrowserError;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, LoggingPrefsLogLevel, WebDriver};
+use thirtyfour::bidi::modules::script::AddPreloadScript;
+use thirtyfour::{CapabilitiesHelper, ChromiumLikeCapabilities, DesiredCapabilities, LoggingPrefsLogLevel, WebDriver};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +82,8 @@ impl Session {
         let start_err = |e: thirtyfour::error::WebDriverError| BrowserError::SessionStart(e.to_string());
         let (caps, profile): (thirtyfour::Capabilities, Option<PathBuf>) = if options.browser == "firefox" {
             let mut caps = DesiredCapabilities::firefox();
+            // WebDriver BiDi, for the watch at document start (below).
+            caps.enable_bidi().map_err(start_err)?;
             if options.headless {
                 caps.add_arg("-headless").map_err(start_err)?;
             }
@@ -151,18 +154,34 @@ impl Session {
             session.close().await;
             return Err(BrowserError::SessionStart(e.to_string()));
         }
-        // The wait-condition watch at the start of every document (Chromium, through CDP);
-        // elsewhere it runs only in the document an action starts in.
-        if options.browser != "firefox" {
-            let source = serde_json::json!({ "source": crate::timing::WATCH_JS });
-            if let Err(e) = session.driver.cdp().send_raw("Page.addScriptToEvaluateOnNewDocument", source).await {
-                tracing::warn!(
-                    error = %e,
-                    "the browser takes no script at document start: interactions across a navigation are timed when the wait step looks"
-                );
-            }
+        // The wait-condition watch at the start of every document: Chromium through CDP,
+        // Firefox through WebDriver BiDi. Without it (a remote driver that offers neither)
+        // it runs only in the document an action starts in.
+        if let Err(e) = session.watch_new_documents(&options.browser).await {
+            tracing::warn!(
+                error = %e,
+                "the browser takes no script at document start: interactions across a navigation are timed when the wait step looks"
+            );
         }
         Ok(session)
+    }
+
+    /// Installs [`crate::timing::WATCH_JS`] at the start of every document of the session.
+    async fn watch_new_documents(&self, browser: &str) -> Result<(), thirtyfour::error::WebDriverError> {
+        let watch = crate::timing::WATCH_JS;
+        if browser == "firefox" {
+            let preload = AddPreloadScript {
+                function_declaration: format!("() => {{ {watch} }}"),
+                arguments: Vec::new(),
+                sandbox: None,
+                contexts: Vec::new(),
+            };
+            self.driver.bidi().await?.send(preload).await?;
+        } else {
+            let source = serde_json::json!({ "source": watch });
+            self.driver.cdp().send_raw("Page.addScriptToEvaluateOnNewDocument", source).await?;
+        }
+        Ok(())
     }
 
     /// Quits the session and makes sure nothing of it is left running or on disk.
