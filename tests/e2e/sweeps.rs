@@ -4,7 +4,7 @@
 use crate::backbone::finished;
 use crate::browser::at_site;
 use baton_proto::v1::{JobState, ListJobsRequest, job_spec};
-use baton_tests::{Cluster, Jaeger, Site, TempDir, example};
+use baton_tests::{Cluster, Jaeger, Site, TempDir, eventually, example};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -206,4 +206,73 @@ async fn a_browser_sweep_crosses_modes_and_browsers_and_reports_page_loads_and_i
 
 fn json_list(values: &[&str]) -> pbjson_types::ListValue {
     serde_json::from_value(json!(values)).unwrap()
+}
+
+/// The sweep's counts as its points' states say them: (queued, running, succeeded, failed,
+/// cancelled).
+async fn counted_from_points(cluster: &Cluster, sweep_id: &str) -> [u32; 5] {
+    let request = ListJobsRequest { sweep_id: sweep_id.into(), page_size: 100, ..Default::default() };
+    let points = cluster.jobs().await.list_jobs(request).await.unwrap().into_inner().jobs;
+    let mut c = [0; 5];
+    for p in points {
+        c[match p.state() {
+            JobState::Queued | JobState::Unspecified => 0,
+            JobState::Assigned | JobState::Running => 1,
+            JobState::Succeeded => 2,
+            JobState::Failed => 3,
+            JobState::Cancelled => 4,
+        }] += 1;
+    }
+    c
+}
+
+/// A sweep survives its coordinator killed (SIGKILL) and an agent killed mid-point: every
+/// point succeeds, and the sweep's counts — stored in the same commit as each point's move
+/// — agree with its points after each restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_survives_its_coordinator_and_an_agent_killed_and_its_counts_agree_with_its_points() {
+    let mut cluster = Cluster::start(&["--lease-timeout", "2s", "--heartbeat-interval", "500ms"], &[]).await;
+    let first = cluster.add_agent("a1", 2, &["--no-browser"]);
+    cluster.wait_agents(1).await;
+    let spec =
+        json!({"spec": {"name": "naps", "matrix": {"sleep.durationMs": [300, 600, 900]}, "repeat": 4, "sleep": {}}});
+    let (code, out, err) = cluster.cli(&["submit", "-", "-o", "json"], Some(&spec.to_string()));
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+    let counts = |job: &baton_proto::v1::Job| {
+        let c = job.sweep.unwrap();
+        [c.queued, c.running, c.succeeded, c.failed, c.cancelled]
+    };
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cluster.kill9_coordinator();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.start_coordinator().await;
+    // Points keep moving (the agent reconnects): compare when the sweep reads the same
+    // before and after its points were listed.
+    let get = || async {
+        let request = baton_proto::v1::GetJobRequest { id: id.clone() };
+        cluster.jobs().await.get_job(request).await.unwrap().into_inner()
+    };
+    eventually(Duration::from_secs(20), "the restored sweep's counts to agree with its points", || async {
+        let before = get().await;
+        let points = counted_from_points(&cluster, &id).await;
+        let after = get().await;
+        (before.sweep.unwrap().points == 12 && counts(&before) == counts(&after) && counts(&before) == points)
+            .then_some(())
+    })
+    .await;
+
+    cluster.wait_agents(1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.agents[first].kill9();
+    cluster.add_agent("a2", 2, &["--no-browser"]);
+    let done = finished(&cluster, &id, Duration::from_secs(60)).await;
+    assert_eq!(done.state(), JobState::Succeeded, "{}", done.reason);
+    assert_eq!(counts(&done), [0, 0, 12, 0, 0]);
+    assert_eq!(counted_from_points(&cluster, &id).await, [0, 0, 12, 0, 0]);
+    assert_eq!(done.progress.unwrap().fraction, 1.0);
+    let request = ListJobsRequest { sweep_id: id.clone(), page_size: 100, ..Default::default() };
+    let points = cluster.jobs().await.list_jobs(request).await.unwrap().into_inner().jobs;
+    assert!(points.iter().any(|p| p.attempt == 2), "a point the killed agent ran ran again elsewhere");
 }
