@@ -11,6 +11,9 @@ use serde_json::Value as Json;
 
 /// Most jobs one sweep may make (combinations × repeat): a submission's batch limit.
 pub const MAX_SWEEP_JOBS: usize = 10_000;
+/// Most bytes a sweep's points may add up to (each about the size of the sweep's spec):
+/// one submission cannot make the coordinator hold or store gigabytes.
+pub const MAX_SWEEP_BYTES: usize = 64 << 20;
 
 /// A sweep's job: its spec (the template with this point's values) and where it sits.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +50,20 @@ pub fn expand(spec: &JobSpec) -> Result<Vec<Point>, SpecError> {
         return Err(SpecError::new(
             "spec.matrix",
             format!("{combinations} combinations x repeat {repeat} is more than {MAX_SWEEP_JOBS} jobs"),
+        ));
+    }
+    let each = prost::Message::encoded_len(spec);
+    let bytes = jobs.unwrap_or(0).saturating_mul(each);
+    if bytes > MAX_SWEEP_BYTES {
+        let (jobs, size) = (jobs.unwrap_or(0), crate::limits::size);
+        return Err(SpecError::new(
+            "spec.matrix",
+            format!(
+                "{jobs} jobs of {} each come to {}; at most {} is accepted",
+                size(each),
+                size(bytes),
+                size(MAX_SWEEP_BYTES)
+            ),
         ));
     }
     let mut template = spec.clone();
@@ -227,6 +244,11 @@ mod tests {
 
     #[test]
     fn a_bad_point_refuses_the_sweep_naming_field_rule_and_point() {
+        // 10 000 points of a 10 KiB scenario: 100 MiB.
+        let big_sweep = format!(
+            r#"{{"spec":{{"repeat":10000,"browser":{{"steps":[{{"script":{{"script":"{}"}}}}]}}}}}}"#,
+            "x".repeat(10 << 10)
+        );
         let cases = [
             (
                 r#"{"spec":{"matrix":{"gpt2Train.seqLen":[64,2048]},"gpt2Train":{"model":{"preset":"gpt2"},"batch":1,"steps":1}}}"#,
@@ -259,6 +281,7 @@ mod tests {
                 "spec.matrix: 1 combinations x repeat 20000 is more than 10000 jobs",
                 "",
             ),
+            (&big_sweep, "spec.matrix: 10000 jobs of 10.0 KiB each come to ", "at most 64.0 MiB is accepted"),
         ];
         for (json, starts, contains) in cases {
             let e = validate(&spec(json)).unwrap_err().to_string();
