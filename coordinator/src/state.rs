@@ -291,6 +291,17 @@ pub struct Figures {
     pub tally: Tally,
 }
 
+/// The count a job in this state is in.
+fn count(c: &mut SweepProgress, state: JobState) -> &mut u32 {
+    match state {
+        JobState::Queued | JobState::Unspecified => &mut c.queued,
+        JobState::Assigned | JobState::Running => &mut c.running,
+        JobState::Succeeded => &mut c.succeeded,
+        JobState::Failed => &mut c.failed,
+        JobState::Cancelled => &mut c.cancelled,
+    }
+}
+
 fn queue_key(job: &JobRecord) -> QueueKey {
     (Reverse(job.priority), job.seq)
 }
@@ -331,6 +342,26 @@ impl State {
                 }
             }
             state.records.insert(job.seq, Box::new(job));
+        }
+        // A sweep's counts are its points' states as stored: recounted here, so a store
+        // that kept some writes of a commit and not others (etcd takes a large commit in
+        // several transactions) cannot leave a sweep waiting for points that never come.
+        let sweeps: Vec<String> = state
+            .records
+            .values()
+            .filter(|j| j.sweep.is_some() && !j.state().is_terminal())
+            .map(|j| j.id.clone())
+            .collect();
+        for id in sweeps {
+            let mut c = SweepProgress::default();
+            for point in state.points.get(&id).into_iter().flatten().filter_map(|seq| state.records.get(seq)) {
+                c.points += 1;
+                *count(&mut c, point.state()) += 1;
+            }
+            if let Some(sweep) = state.job_mut(&id) {
+                sweep.sweep = Some(c);
+            }
+            state.follow_points(&id);
         }
         state
     }
@@ -480,22 +511,21 @@ impl State {
     }
 
     fn point_moved(&mut self, sweep_id: &str, from: JobState, to: JobState) -> Vec<Action> {
-        let Some(sweep) = self.job_mut(sweep_id) else { return Vec::new() };
-        let Some(counts) = sweep.sweep.as_mut() else { return Vec::new() };
-        fn count(c: &mut SweepProgress, state: JobState) -> &mut u32 {
-            match state {
-                JobState::Queued | JobState::Unspecified => &mut c.queued,
-                JobState::Assigned | JobState::Running => &mut c.running,
-                JobState::Succeeded => &mut c.succeeded,
-                JobState::Failed => &mut c.failed,
-                JobState::Cancelled => &mut c.cancelled,
-            }
-        }
+        let Some(counts) = self.job_mut(sweep_id).and_then(|s| s.sweep.as_mut()) else { return Vec::new() };
         let old = count(counts, from);
         *old = old.saturating_sub(1);
         *count(counts, to) += 1;
-        let c = *counts;
-        let target = if c.succeeded + c.failed + c.cancelled < c.points {
+        self.follow_points(sweep_id);
+        vec![Action::Persist(sweep_id.to_string())]
+    }
+
+    /// Moves a sweep to the state its counts say.
+    fn follow_points(&mut self, sweep_id: &str) {
+        let Some(sweep) = self.job_mut(sweep_id) else { return };
+        let Some(c) = sweep.sweep else { return };
+        let target = if c.points == 0 {
+            JobState::Cancelled
+        } else if c.succeeded + c.failed + c.cancelled < c.points {
             if c.queued == c.points { JobState::Queued } else { JobState::Running }
         } else if c.failed > 0 {
             JobState::Failed
@@ -504,22 +534,28 @@ impl State {
         } else {
             JobState::Succeeded
         };
-        if target != sweep.state() {
-            let reason = match target {
-                JobState::Failed => format!("{} of {} points failed", c.failed, c.points),
-                JobState::Cancelled => format!("{} of {} points were cancelled", c.cancelled, c.points),
-                _ => String::new(),
-            };
-            match apply(sweep, Event::Sweep { state: target, reason }) {
-                Ok(()) if target.is_terminal() => {
-                    let key = finished_key(sweep);
-                    self.finished.insert(key);
-                }
-                Ok(()) => {}
-                Err(e) => tracing::warn!(sweep_id, error = %e, "a sweep's move refused by its lifecycle"),
-            }
+        if target == sweep.state() {
+            return;
         }
-        vec![Action::Persist(sweep_id.to_string())]
+        let reason = match target {
+            JobState::Failed => format!("{} of {} points failed", c.failed, c.points),
+            JobState::Cancelled if c.points == 0 => "none of its points was stored".to_string(),
+            JobState::Cancelled => format!("{} of {} points were cancelled", c.cancelled, c.points),
+            _ => String::new(),
+        };
+        // Points that finished together (or a store that lost the sweep's last writes) can
+        // take a queued sweep straight to its end: it ran first.
+        if sweep.state() == JobState::Queued && matches!(target, JobState::Succeeded | JobState::Failed) {
+            let _ = apply(sweep, Event::Sweep { state: JobState::Running, reason: String::new() });
+        }
+        match apply(sweep, Event::Sweep { state: target, reason }) {
+            Ok(()) if target.is_terminal() => {
+                let key = finished_key(sweep);
+                self.finished.insert(key);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!(sweep_id, error = %e, "a sweep's move refused by its lifecycle"),
+        }
     }
 
     /// Places queued jobs on agents with free slots: priority, then FIFO across all
@@ -1088,6 +1124,25 @@ mod tests {
         assert_eq!(restored.queued_count(), 0);
         restored.hello(&hello("a", 2, &[]), Instant::now());
         assert!(assigned(&restored.schedule()).is_empty());
+    }
+
+    #[test]
+    fn a_restored_sweep_is_counted_from_the_points_the_store_kept() {
+        use JobState::*;
+        let mut s = State::default();
+        submit_sweep(&mut s, "sw", 3);
+        s.hello(&hello("a", 3, &[]), Instant::now());
+        s.schedule();
+        succeed(&mut s, "a", "sw-0");
+        succeed(&mut s, "a", "sw-1");
+        // The store kept the points' last writes but not the sweep's, nor point 2 at all.
+        let mut records: Vec<JobRecord> = s.jobs_newest_first(None).filter(|j| j.id != "sw-2").cloned().collect();
+        let sweep = records.iter_mut().find(|j| j.id == "sw").unwrap();
+        sweep.state = Queued as i32;
+        sweep.sweep = Some(SweepProgress { points: 3, queued: 3, ..Default::default() });
+        let restored = State::restore(records, Vec::new(), Instant::now());
+        assert_eq!(counts(&restored, "sw"), (Succeeded, [0, 0, 2, 0, 0]));
+        assert_eq!(restored.job("sw").unwrap().sweep.unwrap().points, 2);
     }
 
     #[test]
