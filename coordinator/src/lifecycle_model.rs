@@ -5,14 +5,14 @@
 //! scheduling pass). Simulated agents receive only what the actions send them while they
 //! are connected. After every step the guarantees are checked against what was observed
 //! before: a terminal state never changes, attempts never go back, a stale report changes
-//! nothing, the owning attempt's success settles the job, no job is lost, slots hold, and
-//! the indexes agree with the records.
+//! nothing, the owning attempt's success settles the job, no job is lost, slots hold, the
+//! indexes agree with the records, and a sweep's counts and state agree with its points.
 
-use crate::record::JobRecord;
+use crate::record::{JobRecord, NewJob};
 use crate::state::{Action, Retention, State};
 use baton_proto::v1::{
     AttemptRef, Capabilities, Hello, JobFinished, JobResult, JobSpec, JobState, NoopResult, NoopSpec, Requirements,
-    job_finished, job_result, job_spec,
+    SweepProgress, job_finished, job_result, job_spec,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +55,13 @@ enum Op {
     Cancel {
         job: usize,
     },
+    /// A sweep of this many noop points, submitted as the coordinator does it.
+    SubmitSweep {
+        points: u32,
+    },
+    CancelSweep {
+        sweep: usize,
+    },
     Leave {
         agent: usize,
     },
@@ -77,6 +84,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (agent.clone(), 0usize..8).prop_map(|(agent, pick)| Op::Start { agent, pick }),
         5 => (agent.clone(), 0usize..8, 0u8..5).prop_map(|(agent, pick, outcome)| Op::Finish { agent, pick, outcome }),
         1 => (0usize..40).prop_map(|job| Op::Cancel { job }),
+        1 => (1u32..4).prop_map(|points| Op::SubmitSweep { points }),
+        1 => (0usize..4).prop_map(|sweep| Op::CancelSweep { sweep }),
         1 => agent.clone().prop_map(|agent| Op::Leave { agent }),
         1 => agent.clone().prop_map(|agent| Op::Drain { agent }),
         1 => (0usize..10).prop_map(|max_jobs| Op::Retain { max_jobs }),
@@ -118,6 +127,8 @@ struct World {
     clock: Instant,
     agents: Vec<SimAgent>,
     submitted: Vec<String>,
+    /// Sweeps and their points (the points are in `submitted` too).
+    sweeps: Vec<(String, Vec<String>)>,
     /// The latest assignment of each job: (agent, attempt).
     assigned: HashMap<String, (String, u32)>,
     /// Jobs seen terminal, as first seen.
@@ -144,6 +155,7 @@ impl World {
             clock: Instant::now(),
             agents: (0..AGENTS).map(|_| SimAgent::default()).collect(),
             submitted: Vec::new(),
+            sweeps: Vec::new(),
             assigned: HashMap::new(),
             settled: HashMap::new(),
             removed: HashSet::new(),
@@ -285,6 +297,36 @@ impl World {
                 self.submitted.push(id.clone());
                 self.step(|s, _| s.submit(crate::record::NewJob { id, spec, ..Default::default() }));
             }
+            Op::SubmitSweep { points } => {
+                let sweep_id = format!("sweep-{}", self.sweeps.len());
+                let spec = || JobSpec {
+                    max_attempts: 2,
+                    timeout: Some(baton_proto::job::from_duration(Duration::from_secs(3600))),
+                    kind: Some(job_spec::Kind::Noop(NoopSpec {})),
+                    ..Default::default()
+                };
+                let ids: Vec<String> = (0..points).map(|i| format!("{sweep_id}-point-{i}")).collect();
+                self.submitted.extend(ids.iter().cloned());
+                self.sweeps.push((sweep_id.clone(), ids.clone()));
+                self.step(|s, _| {
+                    let counts = SweepProgress { points, queued: points, ..Default::default() };
+                    let sweep =
+                        NewJob { id: sweep_id.clone(), spec: spec(), sweep: Some(counts), ..Default::default() };
+                    let mut actions = s.submit(sweep);
+                    for id in ids {
+                        let point = NewJob { id, spec: spec(), sweep_id: sweep_id.clone(), ..Default::default() };
+                        actions.extend(s.submit(point));
+                    }
+                    actions
+                });
+            }
+            Op::CancelSweep { sweep } => {
+                if let Some((id, _)) = self.sweeps.get(sweep).cloned()
+                    && self.state.job(&id).is_some()
+                {
+                    self.step(|s, _| s.cancel(&id, "").expect("the sweep exists"));
+                }
+            }
             Op::Hello { agent } => self.hello(agent),
             Op::Disconnect { agent } => {
                 self.agents[agent].connected = false;
@@ -394,6 +436,38 @@ impl World {
             }
         }
         assert_eq!(self.state.queued_count(), queued, "the queue index disagrees with the records");
+        for (id, points) in &self.sweeps {
+            let Some(sweep) = self.state.job(id) else { continue };
+            let c = sweep.sweep.expect("a sweep has counts");
+            let (mut waiting, mut running, mut open) = (0, 0, false);
+            for point in points.iter().filter_map(|p| self.state.job(p)) {
+                match point.state() {
+                    JobState::Queued => waiting += 1,
+                    JobState::Assigned | JobState::Running => running += 1,
+                    _ => {}
+                }
+                open |= !point.state().is_terminal();
+            }
+            // Retention may have removed finished points: only the unfinished can be counted.
+            assert_eq!((c.queued, c.running), (waiting, running), "{id}'s counts disagree with its points: {c:?}");
+            assert_eq!(c.points as usize, points.len(), "{id}: {c:?}");
+            assert_eq!(c.points, c.queued + c.running + c.succeeded + c.failed + c.cancelled, "{id}: {c:?}");
+            assert_eq!(sweep.state().is_terminal(), !open, "{id} is {:?} with points open: {open}", sweep.state());
+            match sweep.state() {
+                JobState::Queued => assert_eq!(c.queued, c.points, "{id} is queued: {c:?}"),
+                JobState::Succeeded => assert_eq!(c.succeeded, c.points, "{id}: {c:?}"),
+                JobState::Failed => assert!(c.failed > 0, "{id}: {c:?}"),
+                JobState::Cancelled => assert!(c.cancelled > 0 && c.failed == 0, "{id}: {c:?}"),
+                _ => {}
+            }
+            match self.settled.get(id) {
+                Some(first) => assert_eq!(first, sweep, "sweep {id} changed after it finished"),
+                None if sweep.state().is_terminal() => {
+                    self.settled.insert(id.clone(), sweep.clone());
+                }
+                None => {}
+            }
+        }
         for agent in self.state.agents() {
             assert!(agent.running.len() as u32 <= slots(index(&agent.id)), "{} over its slots", agent.id);
             for id in &agent.running {
