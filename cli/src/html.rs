@@ -355,11 +355,8 @@ fn page_loads(rows: &[Row], factors: &[String]) -> Vec<Plot> {
             pages.push(&r.step);
         }
     }
-    let median = |step: &str, point: &Row, figure: &str| {
-        rows.iter()
-            .find(|r| r.step == step && r.figure == figure && r.point == point.point && r.jobs == point.jobs)
-            .map_or(0.0, |r| r.summary().p50)
-    };
+    let median =
+        |step: &str, point: &Row, figure: &str| point.sibling(rows, step, figure).map_or(0.0, |r| r.summary().p50);
     pages
         .into_iter()
         .filter_map(|page| {
@@ -561,9 +558,7 @@ fn point_table(rows: &[Row], factors: &[String]) -> String {
     if mains.is_empty() {
         return String::new();
     }
-    let extra = |of: &Row, figure: &str| {
-        rows.iter().find(|r| r.figure == figure && r.point == of.point && r.jobs == of.jobs).map(|r| r.summary().p50)
-    };
+    let extra = |of: &Row, figure: &str| of.sibling(rows, "", figure).map(|r| r.summary().p50);
     let max = mains.iter().map(|r| r.summary().p50).fold(0.0, f64::max);
     let mut t = String::from("<table><tr>");
     for f in factors {

@@ -89,7 +89,7 @@ fn sweep(rows: &[Row]) {
     let mut t = table(&headers.iter().map(String::as_str).collect::<Vec<_>>());
     let mut points: Vec<&Row> = Vec::new();
     for r in rows {
-        if !points.iter().any(|p| p.point == r.point && p.jobs == r.jobs) {
+        if !points.iter().any(|p| p.key == r.key) {
             points.push(r);
         }
     }
@@ -97,8 +97,7 @@ fn sweep(rows: &[Row]) {
         let mut cells: Vec<String> = factors.iter().map(|f| p.value(f)).collect();
         cells.push(p.device.clone());
         for (step, figure) in &columns {
-            let cell =
-                rows.iter().find(|r| r.point == p.point && r.jobs == p.jobs && r.step == *step && r.figure == *figure);
+            let cell = p.sibling(rows, step, figure);
             cells.push(cell.map_or(String::new(), |r| {
                 let v = r.summary().p50;
                 match r.unit {

@@ -30,6 +30,9 @@ impl Unit {
 /// One figure of one point.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Which point this is: the rows of one point share it (a sweep's values, or the id of
+    /// a job outside a sweep).
+    pub key: String,
     /// The point's values by field path; empty for a job outside a sweep.
     pub point: BTreeMap<String, Json>,
     /// What the point's model has (GPT-2; 0 otherwise): the x of a swept model.
@@ -68,6 +71,11 @@ impl Row {
     /// The point's value of a factor, as people read it.
     pub fn value(&self, factor: &str) -> String {
         self.point.get(factor).map(show).unwrap_or_default()
+    }
+
+    /// Another figure of the same point.
+    pub fn sibling<'a>(&self, rows: &'a [Row], step: &str, figure: &str) -> Option<&'a Row> {
+        rows.iter().find(|r| r.key == self.key && r.step == step && r.figure == figure)
     }
 
     /// A factor's value as a number on a plot's x axis: numbers as they are, a swept
@@ -213,6 +221,7 @@ pub fn rows(jobs: &[Job]) -> Vec<Row> {
         for m in measures {
             let slot = *index.entry((key.clone(), m.step.clone(), m.figure)).or_insert_with(|| {
                 rows.push(Row {
+                    key: key.clone(),
                     point: point.clone(),
                     parameters,
                     device: device.clone(),
