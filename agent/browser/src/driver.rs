@@ -123,7 +123,9 @@ async fn launch(binary: &Path, display: Option<&str>) -> Result<Running, Browser
         });
     }
     if is_geckodriver(binary) {
-        cmd.arg("--host=127.0.0.1");
+        // Firefox's WebDriver BiDi listens on this port (default 9222): a port of its own,
+        // or two agents' browsers on one machine would reach each other's sessions.
+        cmd.arg("--host=127.0.0.1").arg(format!("--websocket-port={}", free_port().await?));
     }
     match display {
         Some(d) => cmd.env("DISPLAY", d),

@@ -121,16 +121,18 @@ document.getElementById('go').addEventListener('pointerdown', e => {
 document.getElementById('go').addEventListener('click', () => { location.href = '/stamped/result'; });
 </script></body></html>"#;
 
-/// The result: 500 rows, then `#result` and, right after it, the page's stamp of when it
-/// was appended (`siteAppendedAt`); an image that takes [`SLOW_IMAGE_DELAY`] holds the load
-/// event back, as a slow resource does on a real page.
+/// The result: 500 rows, then `#result`; the page stamps when `#result` is appended
+/// (`siteAppendedAt`) with a MutationObserver of its own, set up in its head. An image that
+/// takes [`SLOW_IMAGE_DELAY`] holds the load event back, as a slow resource does on a real
+/// page.
 fn stamped_result() -> String {
     let rows: String = (1..=500).map(|i| format!("<tr><td>{i}</td><td>row {i}</td></tr>")).collect();
     format!(
-        "<!doctype html><html><head><title>Result</title></head><body><img src=\"/stamped/slow.svg\" width=\"20\" height=\"20\">\
-         <table>{rows}</table><p id=\"result\">Done</p>\
-         <script>sessionStorage.setItem('siteAppendedAt', String(performance.timeOrigin + performance.now()));</script>\
-         </body></html>"
+        "<!doctype html><html><head><title>Result</title><script>\
+         new MutationObserver((_, o) => {{ if (document.getElementById('result')) {{\
+         sessionStorage.setItem('siteAppendedAt', String(performance.timeOrigin + performance.now())); o.disconnect(); }} }})\
+         .observe(document, {{ childList: true, subtree: true }});</script></head>\
+         <body><img src=\"/stamped/slow.svg\" width=\"20\" height=\"20\"><table>{rows}</table><p id=\"result\">Done</p></body></html>"
     )
 }
 
