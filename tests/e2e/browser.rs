@@ -211,9 +211,9 @@ async fn firefox_runs_the_login_flow_and_a_failure_leaves_a_screenshot() {
 }
 
 /// Issue 12: click → visible across a navigation, timed by baton with the page's clock, is
-/// within 5 ms of the page's own stamps (its pointerdown; the moment it appended the
-/// element), in Chromium and in Firefox, although the new page's load event comes 300 ms
-/// after the element: the watch runs from the start of the new document.
+/// within 5 ms of the page's own stamps (its pointerdown; its own MutationObserver seeing
+/// the element appended), in Chromium and in Firefox, although the new page's load event
+/// comes 300 ms after the element: the watch runs from the start of the new document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interaction_times_match_the_page_own_stamps_across_a_navigation() {
     let site = Site::start().await;
