@@ -3,7 +3,8 @@
 
 use crate::analysis::PowerLaw;
 use crate::compare::{Comparison, Verdict};
-use crate::tidy::{Row, axis_title, factors, short};
+use crate::tidy::{MAIN_TIMES, MODEL_STEPS, Row, axis_title, factors};
+use baton_proto::spec::sweep::{last_field, short_names};
 use plotters::prelude::*;
 
 /// A plot: its kind and subject (`law stepMs seqLen`), for tests and for people
@@ -59,8 +60,8 @@ pub fn plots(rows: &[Row]) -> Vec<Plot> {
                 plots.extend(law(&of, factor, &factors));
             }
         }
-        if short(factor) == "threads" {
-            let steps: Vec<&Row> = rows.iter().filter(|r| ["stepMs", "tpotMs"].contains(&r.figure.as_str())).collect();
+        if last_field(factor) == "threads" {
+            let steps: Vec<&Row> = rows.iter().filter(|r| MODEL_STEPS.contains(&r.figure.as_str())).collect();
             if steps.iter().all(|r| r.x(factor).is_some()) {
                 plots.extend(scaling(&steps, factor, &factors));
             }
@@ -312,7 +313,7 @@ fn bar_chart(title: &str, id: String, y_desc: &str, bars: Bars) -> Option<Plot> 
 /// CPU and GPU side by side, when points ran on both: the step's median per point.
 fn devices(rows: &[Row], factors: &[String]) -> Vec<Plot> {
     let kind = |d: &str| if d.starts_with("cuda") { "GPU" } else { "CPU" };
-    let steps: Vec<&Row> = rows.iter().filter(|r| ["stepMs", "tpotMs"].contains(&r.figure.as_str())).collect();
+    let steps: Vec<&Row> = rows.iter().filter(|r| MODEL_STEPS.contains(&r.figure.as_str())).collect();
     let mut kinds: Vec<&str> = steps.iter().map(|r| kind(&r.device)).collect();
     kinds.sort();
     kinds.dedup();
@@ -553,16 +554,15 @@ pub fn page(title: &str, sections: &[Section]) -> String {
 /// One line per point: its values, the main time's median and p10–p90, and tokens/s
 /// and MFU where measured.
 fn point_table(rows: &[Row], factors: &[String]) -> String {
-    let main = ["stepMs", "tpotMs", "scenarioWallMs", "sleptMs"];
-    let mains: Vec<&Row> = rows.iter().filter(|r| main.contains(&r.figure.as_str())).collect();
+    let mains: Vec<&Row> = rows.iter().filter(|r| MAIN_TIMES.contains(&r.figure.as_str())).collect();
     if mains.is_empty() {
         return String::new();
     }
     let extra = |of: &Row, figure: &str| of.sibling(rows, "", figure).map(|r| r.summary().p50);
     let max = mains.iter().map(|r| r.summary().p50).fold(0.0, f64::max);
     let mut t = String::from("<table><tr>");
-    for f in factors {
-        t.push_str(&format!("<th class=\"l\">{}</th>", escape(short(f))));
+    for name in short_names(factors) {
+        t.push_str(&format!("<th class=\"l\">{}</th>", escape(&name)));
     }
     t.push_str(&format!(
         "<th>device</th><th>{} median</th><th>p10–p90</th><th class=\"l\"></th><th>tokens/s</th><th>MFU</th><th>n</th></tr>",

@@ -3,8 +3,9 @@
 use crate::compare::{Comparison, Verdict};
 use crate::html::{fits, lawful};
 use crate::show::table;
-use crate::tidy::{Row, Unit, axis_title, factors, short};
+use crate::tidy::{MAIN_TIMES, Row, Unit, axis_title, factors};
 use baton_proto::job::display_name;
+use baton_proto::spec::sweep::short_names;
 use baton_proto::v1::{
     BrowserReport, Gpt2InferReport, Gpt2RunConfig, Gpt2TrainReport, Job, JobState, PhaseStats, job_result,
 };
@@ -82,7 +83,7 @@ fn sweep(rows: &[Row]) {
             columns.push((&r.step, &r.figure));
         }
     }
-    let mut headers: Vec<String> = factors.iter().map(|f| short(f).to_string()).collect();
+    let mut headers: Vec<String> = short_names(&factors);
     headers.push("device".into());
     headers
         .extend(columns.iter().map(|(step, f)| if step.is_empty() { f.to_string() } else { format!("{f} ({step})") }));
@@ -110,8 +111,9 @@ fn sweep(rows: &[Row]) {
         t.add_row(cells);
     }
     println!("{t}");
-    // The main time's laws; every figure's are on the --html page.
-    let main = ["stepMs", "tpotMs", "scenarioWallMs", "loadMs", "interactionBrowserMs", "sleptMs"];
+    // The laws of the main time, each page's load and each interaction; every figure's
+    // are on the --html page.
+    let main: Vec<&str> = MAIN_TIMES.into_iter().chain(["loadMs", "interactionBrowserMs"]).collect();
     for factor in &factors {
         let mut figures: Vec<(&str, &str)> = Vec::new();
         for r in rows.iter().filter(|r| main.contains(&r.figure.as_str())) {

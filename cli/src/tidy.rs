@@ -2,7 +2,8 @@
 //! sweep's combination of values, its repeats pooled (a job outside a sweep is a point
 //! of its own). Reports, exports and comparisons all read these rows.
 
-use baton_proto::spec::sweep::{show, to_json};
+use baton_proto::figures::repeat_figures;
+use baton_proto::spec::sweep::{last_field, short_names, show, to_json};
 use baton_proto::stats::{Summary, summarize};
 use baton_proto::v1::{BrowserReport, Gpt2InferReport, Gpt2TrainReport, Job, PhaseStats, job_result};
 use serde_json::{Value as Json, json};
@@ -14,15 +15,32 @@ pub enum Unit {
     PerS,
     Ratio,
     Bytes,
+    Count,
 }
 
 impl Unit {
+    /// A figure's unit, as its name says it (`loadMs`, `tokensPerS`, `transferBytes`, `mfu`).
+    pub fn of(figure: &str) -> Unit {
+        if figure.ends_with("Ms") {
+            Unit::Ms
+        } else if figure.ends_with("PerS") {
+            Unit::PerS
+        } else if figure.ends_with("Bytes") {
+            Unit::Bytes
+        } else if figure == "mfu" {
+            Unit::Ratio
+        } else {
+            Unit::Count
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Unit::Ms => "ms",
             Unit::PerS => "1/s",
             Unit::Ratio => "ratio",
             Unit::Bytes => "bytes",
+            Unit::Count => "count",
         }
     }
 }
@@ -65,7 +83,12 @@ impl Row {
 
     /// `seqLen=64 threads=1` (short names, as in the points' job names).
     pub fn label(&self, factors: &[String]) -> String {
-        factors.iter().map(|f| format!("{}={}", short(f), self.value(f))).collect::<Vec<_>>().join(" ")
+        factors
+            .iter()
+            .zip(short_names(factors))
+            .map(|(f, name)| format!("{name}={}", self.value(f)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The point's value of a factor, as people read it.
@@ -93,32 +116,33 @@ fn is_model(factor: &str) -> bool {
     factor.split('.').any(|s| s == "model")
 }
 
-/// A factor path's last field.
-pub fn short(factor: &str) -> &str {
-    factor.rsplit('.').next().unwrap_or(factor)
-}
-
 /// A factor's axis title: a swept model is plotted by its parameter count.
 pub fn axis_title(factor: &str) -> String {
-    if is_model(factor) { "parameters".into() } else { short(factor).to_string() }
+    if is_model(factor) { "parameters".into() } else { last_field(factor).to_string() }
 }
+
+/// The time each kind of job is about: a GPT-2 training step, a generated token, a browser
+/// scenario, a sleep. Tables lead with it; laws are fitted to it.
+pub const MAIN_TIMES: [&str; 4] = ["stepMs", "tpotMs", "scenarioWallMs", "sleptMs"];
+
+/// The model's step time (training or generation): what threads and devices are compared by.
+pub const MODEL_STEPS: [&str; 2] = ["stepMs", "tpotMs"];
 
 struct Measure {
     step: String,
     figure: &'static str,
-    unit: Unit,
     samples: Vec<f64>,
 }
 
-fn one(figure: &'static str, unit: Unit, value: f64) -> Measure {
-    Measure { step: String::new(), figure, unit, samples: vec![value] }
+fn one(figure: &'static str, value: f64) -> Measure {
+    Measure { step: String::new(), figure, samples: vec![value] }
 }
 
 fn phase(figure: &'static str, stats: &Option<PhaseStats>) -> Option<Measure> {
     let stats = stats.as_ref().filter(|s| s.count > 0)?;
     // Reports from before samples were kept carry only their percentiles.
     let samples = if stats.samples_ms.is_empty() { vec![stats.p50_ms] } else { stats.samples_ms.clone() };
-    Some(Measure { step: String::new(), figure, unit: Unit::Ms, samples })
+    Some(Measure { step: String::new(), figure, samples })
 }
 
 fn train(r: &Gpt2TrainReport) -> Vec<Measure> {
@@ -132,60 +156,34 @@ fn train(r: &Gpt2TrainReport) -> Vec<Measure> {
     .into_iter()
     .filter_map(|(f, s)| phase(f, s))
     .collect();
-    m.push(one("tokensPerS", Unit::PerS, r.tokens_per_s));
+    m.push(one("tokensPerS", r.tokens_per_s));
     if r.mfu > 0.0 {
-        m.push(one("mfu", Unit::Ratio, r.mfu));
+        m.push(one("mfu", r.mfu));
     }
-    m.push(one("peakMemoryBytes", Unit::Bytes, r.peak_memory_bytes as f64));
+    m.push(one("peakMemoryBytes", r.peak_memory_bytes as f64));
     m
 }
 
 fn infer(r: &Gpt2InferReport) -> Vec<Measure> {
-    let mut m = vec![one("ttftMs", Unit::Ms, r.ttft_ms)];
+    let mut m = vec![one("ttftMs", r.ttft_ms)];
     m.extend(phase("tpotMs", &r.tpot));
-    m.push(one("tokensPerS", Unit::PerS, r.tokens_per_s));
-    m.push(one("totalMs", Unit::Ms, r.total_ms));
-    m.push(one("peakMemoryBytes", Unit::Bytes, r.peak_memory_bytes as f64));
+    m.push(one("tokensPerS", r.tokens_per_s));
+    m.push(one("totalMs", r.total_ms));
+    m.push(one("peakMemoryBytes", r.peak_memory_bytes as f64));
     m
 }
 
-/// The browser's figures, one sample per repeat.
+/// The browser's figures, one sample per repeat, as the report's summary has them
+/// ([`baton_proto::figures`]), in the scenario's order.
 fn browser(r: &BrowserReport) -> Vec<Measure> {
-    let mut by_key: BTreeMap<(u32, String, &'static str), Measure> = BTreeMap::new();
-    let mut add = |order: u32, step: &str, figure: &'static str, unit: Unit, value: f64| {
-        by_key
-            .entry((order, step.to_string(), figure))
-            .or_insert_with(|| Measure { step: step.to_string(), figure, unit, samples: Vec::new() })
-            .samples
-            .push(value);
-    };
-    for repeat in &r.repeats {
-        add(0, "", "scenarioWallMs", Unit::Ms, repeat.scenario_wall_ms);
-        add(0, "", "sessionStartMs", Unit::Ms, repeat.session_start_ms);
-        for s in &repeat.steps {
-            let n = s.step_number;
-            add(n, &s.name, "wallMs", Unit::Ms, s.wall_ms);
-            if let Some(p) = &s.page {
-                for (figure, v) in [
-                    ("ttfbMs", p.ttfb_ms),
-                    ("domContentLoadedMs", p.dom_content_loaded_ms),
-                    ("loadMs", p.load_ms),
-                    ("firstContentfulPaintMs", p.first_contentful_paint_ms),
-                    ("largestContentfulPaintMs", p.largest_contentful_paint_ms),
-                ] {
-                    add(n, &s.name, figure, Unit::Ms, v);
-                }
-                add(n, &s.name, "transferBytes", Unit::Bytes, p.transfer_bytes as f64);
-            }
-            if let Some(i) = &s.interaction {
-                if i.browser_ms > 0.0 {
-                    add(n, &s.name, "interactionBrowserMs", Unit::Ms, i.browser_ms);
-                }
-                add(n, &s.name, "interactionWallMs", Unit::Ms, i.wall_ms);
-            }
+    let mut measures: Vec<Measure> = Vec::new();
+    for (step, figure, v) in r.repeats.iter().flat_map(repeat_figures) {
+        match measures.iter_mut().find(|m| m.step == step && m.figure == figure) {
+            Some(m) => m.samples.push(v),
+            None => measures.push(Measure { step: step.to_string(), figure, samples: vec![v] }),
         }
     }
-    by_key.into_values().collect()
+    measures
 }
 
 fn measures(job: &Job) -> (Vec<Measure>, f64, String) {
@@ -199,7 +197,7 @@ fn measures(job: &Job) -> (Vec<Measure>, f64, String) {
             (infer(r), c.parameters as f64, c.device)
         }
         Some(job_result::Kind::Browser(r)) => (browser(r), 0.0, r.browser.clone()),
-        Some(job_result::Kind::Sleep(s)) => (vec![one("sleptMs", Unit::Ms, s.slept_ms as f64)], 0.0, String::new()),
+        Some(job_result::Kind::Sleep(s)) => (vec![one("sleptMs", s.slept_ms as f64)], 0.0, String::new()),
         Some(job_result::Kind::Noop(_)) | None => (Vec::new(), 0.0, String::new()),
     }
 }
@@ -227,7 +225,7 @@ pub fn rows(jobs: &[Job]) -> Vec<Row> {
                     device: device.clone(),
                     step: m.step.clone(),
                     figure: m.figure.to_string(),
-                    unit: m.unit,
+                    unit: Unit::of(m.figure),
                     samples: Vec::new(),
                     jobs: Vec::new(),
                 });

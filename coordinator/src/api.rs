@@ -8,7 +8,7 @@ use crate::secrets::Keyring;
 use crate::state::{AgentEntry, StateError};
 use baton_proto::access::AccessRole;
 use baton_proto::limits::MAX_CANCEL_REASON_CHARS;
-use baton_proto::spec::sweep::{Point, expand, is_sweep};
+use baton_proto::spec::sweep::Point;
 use baton_proto::spec::{MAX_IDEMPOTENCY_KEY_CHARS, SpecError};
 use baton_proto::v1::admin_service_server::AdminService;
 use baton_proto::v1::agent_message::Kind as AgentKind;
@@ -99,21 +99,14 @@ fn check_submit(req: SubmitJobRequest, prefix: &str, keyring: &Keyring, owner: &
     }
     let mut spec = req.spec.ok_or_else(|| SpecError::new(format!("{prefix}spec"), "is required"))?;
     let located = |e: SpecError| SpecError::new(format!("{prefix}{}", e.field), e.rule);
-    baton_proto::spec::validate(&spec).map_err(located)?;
     let seal = |spec: &mut JobSpec| {
         keyring.seal(spec).map_err(|e| SpecError::new(format!("{prefix}spec.browser.secrets"), e.to_string()))
     };
-    let points = if is_sweep(&spec) {
-        let points = expand(&spec).map_err(located)?;
-        let mut checked = Vec::with_capacity(points.len());
-        for Point { mut spec, point } in points {
-            let secrets = seal(&mut spec)?;
-            checked.push(NewJob { spec, secrets, point: Some(point), owner: owner.to_string(), ..Default::default() });
-        }
-        checked
-    } else {
-        Vec::new()
-    };
+    let mut points = Vec::new();
+    for Point { mut spec, point } in baton_proto::spec::check(&spec).map_err(located)? {
+        let secrets = seal(&mut spec)?;
+        points.push(NewJob { spec, secrets, point: Some(point), owner: owner.to_string(), ..Default::default() });
+    }
     // A sweep never runs itself: its secrets are masked in its spec and sealed only in
     // its points'.
     let secrets = seal(&mut spec)?.filter(|_| points.is_empty());

@@ -4,7 +4,8 @@
 //! through serde), [`spec`] reads spec files and validates specs, [`job`] holds the
 //! small domain helpers every side shares (kind names, terminal states), [`limits`] the
 //! message size limits both sides enforce, [`stats`] the
-//! percentile definition of every report, and
+//! percentile definition of every report, [`figures`] the names of a browser report's
+//! figures, and
 //! [`context`] is what an engine receives when it runs a job; [`telemetry`] (feature
 //! `telemetry`) sets up logs and OTLP trace export for the binaries, [`metrics`] (same
 //! feature) serves their Prometheus endpoint; [`client`] is how every client reaches a
@@ -13,6 +14,7 @@
 pub mod access;
 pub mod client;
 pub mod context;
+pub mod figures;
 pub mod job;
 pub mod limits;
 #[cfg(feature = "telemetry")]

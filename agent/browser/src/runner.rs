@@ -234,7 +234,7 @@ impl<'a> Scenario<'a> {
                         timing.url = self.redact(&timing.url);
                         span.record("url.full", timing.url.as_str());
                         // Every figure of the step, searchable, named as in the result.
-                        for (figure, value) in timing::step_figures(&timing) {
+                        for (figure, value) in baton_proto::figures::step_figures(&timing) {
                             span.set_attribute(figure, value);
                         }
                         let done = f64::from(repeat - 1) * self.spec.steps.len() as f64 + f64::from(number);

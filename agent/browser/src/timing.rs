@@ -1,7 +1,7 @@
 //! Timing read from the browser itself: the page-side scripts, their parsing, and the
 //! summary statistics across repeats.
 
-use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming, StepTiming};
+use baton_proto::v1::{BrowserReport, FigureSummary, PageTiming};
 use serde::Deserialize;
 
 /// Reads the current document's navigation, paint, LCP and resource entries (the first
@@ -82,9 +82,9 @@ function holds(kind, arg, by) {
 /// event has been stamped, it checks the condition on every DOM mutation and every 5 ms and
 /// stamps, in sessionStorage, the browser's clock when it first holds. It runs in the
 /// document the action starts in (from [`ARM_JS`]) and, installed at document start
-/// (Chromium: `Page.addScriptToEvaluateOnNewDocument`), in every document after it — so a
-/// condition met while a new page is still loading is stamped then, not when the wait step
-/// gets to look.
+/// (`Session::watch_new_documents`: CDP in Chromium, WebDriver BiDi in Firefox), in every
+/// document after it — so a condition met while a new page is still loading is stamped
+/// then, not when the wait step gets to look.
 macro_rules! watch_js {
     () => {
         concat!(
@@ -120,7 +120,7 @@ window.__batonWatch();
     };
 }
 
-/// Installed at the start of every document of a Chromium session.
+/// Installed at the start of every document of a session.
 pub(crate) const WATCH_JS: &str = watch_js!();
 
 /// Before an action: forgets the last action's stamps, arms the condition of the wait step
@@ -295,38 +295,6 @@ impl RawPageTiming {
     }
 }
 
-/// The named figures of a page timing, as they appear in the summary.
-pub(crate) fn page_figures(p: &PageTiming) -> [(&'static str, f64); 13] {
-    [
-        ("redirectMs", p.redirect_ms),
-        ("dnsMs", p.dns_ms),
-        ("connectMs", p.connect_ms),
-        ("tlsMs", p.tls_ms),
-        ("ttfbMs", p.ttfb_ms),
-        ("responseMs", p.response_ms),
-        ("domContentLoadedMs", p.dom_content_loaded_ms),
-        ("loadMs", p.load_ms),
-        ("firstPaintMs", p.first_paint_ms),
-        ("firstContentfulPaintMs", p.first_contentful_paint_ms),
-        ("largestContentfulPaintMs", p.largest_contentful_paint_ms),
-        ("resourceCount", f64::from(p.resource_count)),
-        ("transferBytes", p.transfer_bytes as f64),
-    ]
-}
-
-/// A step's figures by the names they have in the summary; its span carries them as
-/// attributes under the same names.
-pub(crate) fn step_figures(step: &StepTiming) -> Vec<(&'static str, f64)> {
-    let mut figures = vec![("wallMs", step.wall_ms)];
-    if let Some(p) = &step.page {
-        figures.extend(page_figures(p));
-    }
-    if let Some(i) = &step.interaction {
-        figures.extend([("interactionBrowserMs", i.browser_ms), ("interactionWallMs", i.wall_ms)]);
-    }
-    figures
-}
-
 /// Every figure of every step across the repeats, plus session start and scenario wall time.
 pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
     // (step, figure) in first-seen order, so the summary reads like the scenario.
@@ -340,14 +308,8 @@ pub(crate) fn summarize_report(report: &BrowserReport) -> Vec<FigureSummary> {
         values.entry(key).or_default().push(v);
     };
     for rep in &report.repeats {
-        if rep.session_start_ms > 0.0 {
-            add("", "sessionStartMs", rep.session_start_ms);
-        }
-        add("", "scenarioWallMs", rep.scenario_wall_ms);
-        for step in &rep.steps {
-            for (figure, v) in step_figures(step) {
-                add(&step.name, figure, v);
-            }
+        for (step, figure, v) in baton_proto::figures::repeat_figures(rep) {
+            add(step, figure, v);
         }
     }
     order.iter().filter_map(|key| summarize(&key.0, key.1, &values[key])).collect()

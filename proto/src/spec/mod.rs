@@ -56,6 +56,12 @@ pub fn parse_request(text: &str) -> Result<SubmitJobRequest, String> {
 
 /// Checks a spec before anything is accepted; the error names the field and the rule.
 pub fn validate(spec: &JobSpec) -> Check {
+    check(spec).map(|_| ())
+}
+
+/// [`validate`], returning a sweep's points (each checked; built once): none for a plain
+/// job.
+pub fn check(spec: &JobSpec) -> Result<Vec<sweep::Point>, SpecError> {
     let bytes = prost::Message::encoded_len(spec);
     if bytes > crate::limits::MAX_SPEC_BYTES {
         return Err(SpecError::new(
@@ -71,7 +77,7 @@ pub fn validate(spec: &JobSpec) -> Check {
         return Err(SpecError::new("spec.name", format!("must be at most {MAX_NAME_CHARS} characters")));
     }
     if sweep::is_sweep(spec) {
-        return sweep::expand(spec).map(|_| ());
+        return sweep::expand(spec);
     }
     if spec.max_attempts > MAX_ATTEMPTS {
         return Err(SpecError::new(
@@ -91,7 +97,7 @@ pub fn validate(spec: &JobSpec) -> Check {
     if let Some(r) = &spec.requirements {
         validate_labels("spec.requirements.agentLabels", &r.agent_labels)?;
     }
-    match &spec.kind {
+    let kind: Check = match &spec.kind {
         None => {
             Err(SpecError::new("spec", format!("exactly one job kind is required: one of {}", KIND_NAMES.join(", "))))
         }
@@ -106,7 +112,8 @@ pub fn validate(spec: &JobSpec) -> Check {
         Some(job_spec::Kind::Gpt2Train(s)) => gpt2::validate_train(s),
         Some(job_spec::Kind::Gpt2Infer(s)) => gpt2::validate_infer(s),
         Some(job_spec::Kind::Browser(s)) => browser::validate(s),
-    }
+    };
+    kind.map(|()| Vec::new())
 }
 
 fn validate_labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Check {

@@ -70,7 +70,7 @@ pub fn expand(spec: &JobSpec) -> Result<Vec<Point>, SpecError> {
     template.matrix.clear();
     template.repeat = 0;
     let template_json = serde_json::to_value(&template).map_err(|e| SpecError::new("spec", e.to_string()))?;
-    let short_names = short_names(&axes);
+    let short_names = short_names(&axes.iter().map(|(path, _)| *path).collect::<Vec<_>>());
     let mut points = Vec::with_capacity(jobs.unwrap_or(0));
     let mut index = vec![0usize; axes.len()];
     loop {
@@ -129,14 +129,20 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The name of each axis in points' names: the path's last field, or the whole path
-/// where two axes share a last field.
-fn short_names(axes: &[(&str, Vec<Json>)]) -> Vec<String> {
-    let last = |p: &str| p.rsplit('.').next().unwrap_or(p).to_string();
-    axes.iter()
-        .map(|(path, _)| {
-            let shared = axes.iter().filter(|(other, _)| last(other) == last(path)).count() > 1;
-            if shared { path.to_string() } else { last(path) }
+/// A field path's last field.
+pub fn last_field(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+/// The name of each swept path in points' names and reports: its last field, or the
+/// whole path where two paths share a last field.
+pub fn short_names<S: AsRef<str>>(paths: &[S]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|path| {
+            let path = path.as_ref();
+            let shared = paths.iter().filter(|other| last_field(other.as_ref()) == last_field(path)).count() > 1;
+            if shared { path.to_string() } else { last_field(path).to_string() }
         })
         .collect()
 }
