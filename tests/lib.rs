@@ -18,9 +18,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-/// The workspace root.
+/// The workspace root: where it was built, unless `BATON_WORKSPACE` names a copy of it
+/// (binaries carried to another machine, as bench/gpt2/gpu/run.sh does).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    match std::env::var_os("BATON_WORKSPACE") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default(),
+    }
 }
 
 /// A binary of this workspace, built next to the running test or bench executable.
