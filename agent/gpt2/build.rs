@@ -1,6 +1,7 @@
 //! Lets this crate's test and example binaries find libtorch without
-//! LD_LIBRARY_PATH (torch-sys's own rpath does not reach them), and records the
-//! libtorch version built against for the run configuration in reports.
+//! LD_LIBRARY_PATH (torch-sys's own rpath does not reach them), records the
+//! libtorch version built against for the run configuration in reports, and builds
+//! cpp/cuda.cpp (the CUDA allocator's statistics and CUDA events) against libtorch's headers.
 use std::{env, fs, path::Path};
 
 fn main() {
@@ -15,8 +16,18 @@ fn main() {
             })
             .unwrap_or_else(|| "unknown".to_string());
         println!("cargo:rustc-env=BATON_LIBTORCH_VERSION={version}");
+        let include = Path::new(&lib).join("..").join("include");
+        cc::Build::new()
+            .cpp(true)
+            .file("cpp/cuda.cpp")
+            .include(&include)
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .warnings(false)
+            .compile("baton_cuda");
+        println!("cargo:rerun-if-changed=cpp/cuda.cpp");
     } else {
-        println!("cargo:rustc-env=BATON_LIBTORCH_VERSION=unknown");
+        panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 }

@@ -14,9 +14,9 @@ the same figures as JSON (field names as in baton's reports):
 
 On CUDA every phase boundary waits for the GPU (torch.cuda.synchronize), as baton's agent
 does; the phases are also timed with CUDA events recorded at the same boundaries
-("cudaEvents": their figures, and how far each phase's p50 lies from the synchronized
-one). Peak memory is the CUDA caching allocator's peak (torch.cuda.max_memory_allocated)
-on CUDA, the process's peak RSS on CPU.
+("cudaEvents": the same figures, as baton's report has them). Peak memory is the CUDA
+caching allocator's peak (torch.cuda.max_memory_allocated) on CUDA, the process's peak RSS
+on CPU.
 
 usage:
   reference.py train --batch 1 --seq-len 128 --steps 10 --warmup-steps 2 --threads 2
@@ -156,7 +156,6 @@ def train(args):
     out["tokensPerS"] = B * T / (out["step"]["meanMs"] / 1000)
     if events["step"]:
         out["cudaEvents"] = {k: stats(v) for k, v in events.items()}
-        out["cudaEvents"]["p50DiffMs"] = {k: out[k]["p50Ms"] - out["cudaEvents"][k]["p50Ms"] for k in names}
     out["peakMemoryBytes"], out["peakMemorySource"] = peak_memory(device)
     out["loss"] = losses
     out["adamwImpl"] = args.adamw_impl

@@ -238,6 +238,15 @@ fn what(config: &Gpt2RunConfig) -> String {
     format!("{} {} {}", config.model, config.dtype, config.device)
 }
 
+/// `forward 40.12 vs 40.03 ms (+0.09)`, …: each phase's synchronized and event times.
+fn sync_vs_events(phases: &[(&str, f64, f64)]) -> String {
+    let shown: Vec<String> = phases
+        .iter()
+        .map(|(name, synced, events)| format!("{name} {synced:.2} vs {events:.2} ms ({:+.2})", synced - events))
+        .collect();
+    shown.join(", ")
+}
+
 /// The rows of a train run and, with an aim, its verdict; notes what the run says about
 /// its timing.
 fn train_rows(table: &mut Table, notes: &mut Vec<String>, b: &Gpt2TrainReport, e: &Eager, aim: Option<f64>) {
@@ -264,10 +273,26 @@ fn train_rows(table: &mut Table, notes: &mut Vec<String>, b: &Gpt2TrainReport, e
     memory_row(table, &label, b.peak_memory_bytes, e);
     notes.push(format!("{label}: MFU against {:.2} TFLOP/s ({})", b.peak_flops_per_s / 1e12, b.peak_source));
     notes.push(format!("{label}: baton's peak memory is {}", b.peak_memory_source));
-    if let Some(diff) = e.best.pointer("/cudaEvents/p50DiffMs") {
-        notes.push(format!(
-            "{label}: eager's phases synchronized minus CUDA events at the same boundaries (p50, ms): {diff}"
-        ));
+    // Both sides wait for the device at each phase boundary and record a CUDA event there.
+    if let Some(ev) = &b.cuda_events {
+        let baton: Vec<(&str, f64, f64)> = [
+            ("step", &b.step, &ev.step),
+            ("data", &b.data, &ev.data),
+            ("forward", &b.forward, &ev.forward),
+            ("backward", &b.backward, &ev.backward),
+            ("optimizer", &b.optimizer, &ev.optimizer),
+        ]
+        .map(|(name, synced, events)| (name, phase(synced).p50_ms, phase(events).p50_ms))
+        .to_vec();
+        notes.push(format!("{label}: baton's phases, synchronized vs CUDA events (p50): {}", sync_vs_events(&baton)));
+    }
+    if let Some(events) = e.best.pointer("/cudaEvents") {
+        let eager: Vec<(&str, f64, f64)> = ["step", "data", "forward", "backward", "optimizer"]
+            .map(|name| {
+                (name, json_f64(&e.best, &format!("/{name}/p50Ms")), json_f64(events, &format!("/{name}/p50Ms")))
+            })
+            .to_vec();
+        notes.push(format!("{label}: eager's phases, synchronized vs CUDA events (p50): {}", sync_vs_events(&eager)));
     }
     if let Some(a) = aim {
         let bs = phase(&b.step).p50_ms;

@@ -134,14 +134,14 @@ fn proc_field(path: &str, name: &str) -> Option<u64> {
 }
 
 /// Resets the process's peak RSS so a job's peak is its own (Linux 4.0+).
-pub fn reset_peak_rss() {
+fn reset_peak_rss() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         tracing::debug!(error = %e, "could not reset peak RSS");
     }
 }
 
 /// The process's peak RSS (VmHWM) in bytes.
-pub fn peak_rss_bytes() -> u64 {
+fn peak_rss_bytes() -> u64 {
     proc_field("/proc/self/status", "VmHWM:").unwrap_or(0)
 }
 
@@ -167,6 +167,47 @@ impl JobDevice {
 
     pub fn is_cuda(&self) -> bool {
         matches!(self.device, Device::Cuda(_))
+    }
+
+    /// Starts measuring the job's peak memory (call at job start, before the model exists).
+    pub fn reset_peak_memory(&self) {
+        match self.device {
+            Device::Cuda(i) => {
+                if !crate::cuda::reset_peak(i) {
+                    tracing::warn!(device = %self.label, "could not reset the CUDA allocator's peak");
+                }
+            }
+            _ => reset_peak_rss(),
+        }
+    }
+
+    /// The job's peak memory since [`JobDevice::reset_peak_memory`], and what it measures.
+    pub fn peak_memory(&self) -> (u64, String) {
+        match self.device {
+            Device::Cuda(i) => match crate::cuda::peak_allocated_bytes(i) {
+                Some(bytes) => {
+                    (bytes, "libtorch's CUDA caching allocator: peak bytes allocated (reset at job start)".into())
+                }
+                None => (0, "not measured: libtorch's CUDA allocator statistics were not available".into()),
+            },
+            _ => (peak_rss_bytes(), "process peak RSS (VmHWM, reset at job start)".into()),
+        }
+    }
+
+    /// A CUDA event at this point of the device's queue (None on the CPU).
+    pub fn event(&self) -> Option<crate::cuda::Event> {
+        match self.device {
+            Device::Cuda(i) => crate::cuda::Event::record(i),
+            _ => None,
+        }
+    }
+
+    /// A phase boundary: a CUDA event at this point of the queue, then
+    /// [`JobDevice::synchronize`].
+    pub fn boundary(&self) -> Option<crate::cuda::Event> {
+        let event = self.event();
+        self.synchronize();
+        event
     }
 }
 

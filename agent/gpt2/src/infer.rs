@@ -50,7 +50,7 @@ pub fn infer(spec: &Gpt2InferSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     setup::check_memory(&device, setup::infer_bytes(c, prompts.len(), total_len, dtype == "bf16"))?;
     setup::set_threads(spec.threads, caps.torch_threads);
     setup::seed_torch(spec.seed);
-    device::reset_peak_rss();
+    device.reset_peak_memory();
 
     let name = plan.name.clone();
     let mut model = plan.build(device.device)?;
@@ -75,7 +75,7 @@ pub fn infer(spec: &Gpt2InferSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let g = run.generate(&prompt, false)?;
 
     let generated = prompts.len() as f64 * f64::from(spec.max_new_tokens);
-    let (peak_memory_bytes, peak_memory_source) = crate::train::peak_memory(&device);
+    let (peak_memory_bytes, peak_memory_source) = device.peak_memory();
     let generations = g
         .ids
         .into_iter()

@@ -3,7 +3,8 @@
 //! Layout: [`model`] is GPT-2 exactly as Hugging Face's `GPT2LMHeadModel` computes it,
 //! with random init and checkpoint loading ([`checkpoint`]) and fast CPU dropout (`dropout`); [`tokenizer`] is GPT-2's BPE;
 //! [`adamw`] is gradient clipping and a fused AdamW; [`device`] probes what the machine
-//! offers (CUDA devices, memory, the CPU) and picks the device a job runs on; [`train`]
+//! offers (CUDA devices, memory, the CPU), picks the device a job runs on and measures its
+//! peak memory (`cuda`: libtorch's CUDA allocator statistics and CUDA events); [`train`]
 //! and [`infer`] run timed jobs and build their reports; [`stats`] turns timings into
 //! percentiles.
 //!
@@ -12,6 +13,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+mod cuda;
 pub mod device;
 mod dropout;
 pub mod files;

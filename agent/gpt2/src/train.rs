@@ -12,7 +12,8 @@ use baton_proto::context::JobContext;
 use baton_proto::spec::SpecError;
 use baton_proto::spec::gpt2 as rules;
 use baton_proto::v1::{
-    AdamW as AdamWSpec, Gpt2TrainReport, Gpt2TrainSpec, Progress, SyntheticTokens, gpt2_train_spec::Data,
+    AdamW as AdamWSpec, Gpt2CudaEventTimes, Gpt2TrainReport, Gpt2TrainSpec, Progress, SyntheticTokens,
+    gpt2_train_spec::Data,
 };
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -42,7 +43,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let mut data = TrainData::new(&spec, plan.config.vocab_size, &caps.data_roots, ctx)?;
     let threads = setup::set_threads(spec.threads, caps.torch_threads);
     setup::seed_torch(spec.seed);
-    device::reset_peak_rss();
+    device.reset_peak_memory();
 
     let name = plan.name.clone();
     let mut model = plan.build(device.device)?;
@@ -77,6 +78,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     let _job = job_span.enter();
 
     let mut times = PhaseTimes::default();
+    let mut event_times = PhaseTimes::default();
     let mut losses = Vec::with_capacity(total as usize);
     for i in 0..total {
         if ctx.is_cancelled() {
@@ -92,13 +94,14 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         );
         let _step = step_span.enter();
         let start = Instant::now();
+        let mut marks = vec![device.event()];
 
         let phase = Instant::now();
         let (input, target) = {
             let _s = tracing::info_span!("data").entered();
             let tokens = data.next_batch(batch, seq).to_device(device.device);
             let pair = (tokens.narrow(1, 0, seq), tokens.narrow(1, 1, seq));
-            device.synchronize();
+            marks.push(device.boundary());
             pair
         };
         let data_ms = ms(phase);
@@ -107,7 +110,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         let loss = {
             let _s = tracing::info_span!("forward").entered();
             let loss = model.train_loss(&input, &target);
-            device.synchronize();
+            marks.push(device.boundary());
             loss
         };
         let forward_ms = ms(phase);
@@ -116,7 +119,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         let grads = {
             let _s = tracing::info_span!("backward").entered();
             let grads = model.gradients(&loss)?;
-            device.synchronize();
+            marks.push(device.boundary());
             grads
         };
         let backward_ms = ms(phase);
@@ -126,7 +129,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
             let _s = tracing::info_span!("optimizer").entered();
             optimizer.step(&params, &grads, grad_clip)?;
             drop(grads);
-            device.synchronize();
+            marks.push(device.boundary());
         }
         let optimizer_ms = ms(phase);
         let step_ms = ms(start);
@@ -136,6 +139,9 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         losses.push(loss);
         if !warmup {
             times.push(step_ms, data_ms, forward_ms, backward_ms, optimizer_ms);
+            if let Some(e) = event_phases(&marks) {
+                event_times.push(e[0], e[1], e[2], e[3], e[4]);
+            }
         }
         ctx.report(Progress {
             fraction: f64::from(i + 1) / f64::from(total),
@@ -157,7 +163,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         Some(p) => (p, "peakFlops given in the spec".to_string()),
         None => device::peak_flops(&device, threads, bf16),
     };
-    let (peak_memory_bytes, peak_memory_source) = peak_memory(&device);
+    let (peak_memory_bytes, peak_memory_source) = device.peak_memory();
     Ok(Gpt2TrainReport {
         config: Some(setup::run_config(&model, &name, dtype, &device, spec.seed)),
         spec: Some(spec),
@@ -175,16 +181,22 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         peak_memory_bytes,
         peak_memory_source,
         loss: losses,
+        cuda_events: (!event_times.step.is_empty()).then(|| Gpt2CudaEventTimes {
+            step: Some(phase_stats(&event_times.step)),
+            data: Some(phase_stats(&event_times.data)),
+            forward: Some(phase_stats(&event_times.forward)),
+            backward: Some(phase_stats(&event_times.backward)),
+            optimizer: Some(phase_stats(&event_times.optimizer)),
+        }),
     })
 }
 
-/// What peak memory means on the device, and its value.
-pub(crate) fn peak_memory(device: &device::JobDevice) -> (u64, String) {
-    if device.is_cuda() {
-        (0, "not measured on CUDA (tch does not expose libtorch's allocator statistics)".into())
-    } else {
-        (device::peak_rss_bytes(), "process peak RSS (VmHWM, reset at job start)".into())
-    }
+/// A step's phases from the CUDA events at its boundaries (start, after data, forward,
+/// backward, optimizer): step, data, forward, backward, optimizer in ms. None unless
+/// every event was recorded and timed.
+fn event_phases(marks: &[Option<crate::cuda::Event>]) -> Option<[f64; 5]> {
+    let [Some(e0), Some(e1), Some(e2), Some(e3), Some(e4)] = marks else { return None };
+    Some([e0.elapsed_ms(e4)?, e0.elapsed_ms(e1)?, e1.elapsed_ms(e2)?, e2.elapsed_ms(e3)?, e3.elapsed_ms(e4)?])
 }
 
 /// The spec with every default written in, so the report says exactly what ran.

@@ -45,6 +45,8 @@ fn training_on_one_batch_drives_the_loss_down() {
     assert!(report.tokens_per_s > 0.0 && report.achieved_flops_per_s > 0.0);
     assert!(report.mfu > 0.0 && report.mfu < 1.0, "mfu {} against {}", report.mfu, report.peak_source);
     assert!(report.peak_memory_bytes > 0);
+    assert!(report.peak_memory_source.contains("VmHWM"), "{}", report.peak_memory_source);
+    assert!(report.cuda_events.is_none(), "CUDA events on a CPU job");
 
     let config = report.config.unwrap();
     assert_eq!(
