@@ -1,7 +1,8 @@
 //! Lets this crate's test and example binaries find libtorch without
 //! LD_LIBRARY_PATH (torch-sys's own rpath does not reach them), records the
 //! libtorch version built against for the run configuration in reports, and builds
-//! cpp/cuda.cpp (the CUDA allocator's statistics and CUDA events) against libtorch's headers.
+//! cpp/libtorch.cpp (what tch does not expose: the CUDA allocator's statistics, CUDA
+//! events, fused AdamW) against libtorch's headers.
 use std::{env, fs, path::Path};
 
 fn main() {
@@ -19,13 +20,13 @@ fn main() {
         let include = Path::new(&lib).join("..").join("include");
         cc::Build::new()
             .cpp(true)
-            .file("cpp/cuda.cpp")
+            .file("cpp/libtorch.cpp")
             .include(&include)
             .flag("-std=c++17")
             .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
             .warnings(false)
-            .compile("baton_cuda");
-        println!("cargo:rerun-if-changed=cpp/cuda.cpp");
+            .compile("baton_libtorch");
+        println!("cargo:rerun-if-changed=cpp/libtorch.cpp");
     } else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB)");
     }

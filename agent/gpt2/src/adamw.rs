@@ -5,11 +5,55 @@
 //! threads: one pass reads the gradients for the global norm, then one pass over each
 //! parameter reads weight, gradient and both moments once and writes them once, with the
 //! clipping factor folded in — where eager PyTorch makes about ten passes.
-//! Elsewhere (CUDA) it runs as tensor operations under `no_grad`.
+//! Elsewhere (CUDA) it runs what `clip_grad_norm_(foreach=True)` and
+//! `torch.optim.AdamW(fused=True)` run — libtorch's multi-tensor kernels, through
+//! cpp/libtorch.cpp: a handful of launches per step and no wait for the device, where a
+//! loop of tensor operations would launch ~10 kernels per parameter.
 
 use crate::Gpt2Error;
+use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn baton_clip_grad_norm(
+        grads: *const *const C_tensor,
+        n: usize,
+        max_norm: f64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> i32;
+    fn baton_fused_adamw(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        steps: *const *const C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> i32;
+}
+
+/// Calls one of cpp/libtorch.cpp's functions with a buffer for its error message.
+fn libtorch_call(what: &str, call: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), Gpt2Error> {
+    let mut error = [0u8; 512];
+    if call(error.as_mut_ptr().cast(), error.len()) == 0 {
+        return Ok(());
+    }
+    let message = std::ffi::CStr::from_bytes_until_nul(&error).map(|m| m.to_string_lossy()).unwrap_or_default();
+    Err(Gpt2Error::Torch(format!("{what}: {}", message.lines().next().unwrap_or_default())))
+}
+
+fn pointers<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C_tensor> {
+    tensors.into_iter().map(Tensor::as_ptr).collect()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -25,6 +69,8 @@ pub struct AdamW {
     step: i32,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// libtorch's fused AdamW counts steps per parameter, on the parameter's device.
+    steps: Vec<Tensor>,
     /// Weight decay applies to matrices and embeddings, not to biases and LayerNorms.
     decays: Vec<bool>,
     threads: usize,
@@ -50,14 +96,15 @@ impl AdamW {
             step: 0,
             exp_avg: params.iter().map(|p| p.zeros_like()).collect(),
             exp_avg_sq: params.iter().map(|p| p.zeros_like()).collect(),
+            steps: params.iter().map(|p| Tensor::zeros([], (Kind::Float, p.device()))).collect(),
             decays: params.iter().map(|p| p.dim() >= 2).collect(),
             threads: threads.max(1),
         }
     }
 
     /// Clips the gradients to a global norm of `max_norm` (0: no clipping) and takes one
-    /// AdamW step. Returns the global gradient norm before clipping.
-    pub fn step(&mut self, params: &[&Tensor], grads: &[Tensor], max_norm: f64) -> Result<f64, Gpt2Error> {
+    /// AdamW step. Gradients may be scaled in place.
+    pub fn step(&mut self, params: &[&Tensor], grads: &[Tensor], max_norm: f64) -> Result<(), Gpt2Error> {
         self.step_on(params, grads, max_norm, true)
     }
 
@@ -66,26 +113,23 @@ impl AdamW {
         params: &[&Tensor],
         grads: &[Tensor],
         max_norm: f64,
-        allow_fused: bool,
-    ) -> Result<f64, Gpt2Error> {
+        allow_fused_cpu: bool,
+    ) -> Result<(), Gpt2Error> {
         if params.len() != grads.len() {
             return Err(Gpt2Error::Torch(format!("{} gradients for {} parameters", grads.len(), params.len())));
         }
-        let fusable = allow_fused
+        self.step += 1;
+        let fusable = allow_fused_cpu
             && params.iter().zip(grads).all(|(p, g)| {
                 p.device() == Device::Cpu && p.kind() == Kind::Float && g.kind() == Kind::Float && p.is_contiguous()
             });
-        let fused = fusable.then(|| FusedPass::new(params, grads, &self.exp_avg, &self.exp_avg_sq));
-        let total_norm = match &fused {
-            Some(pass) => pass.grad_norm(self.threads),
-            None => {
-                let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-                Tensor::stack(&norms, 0).norm().f_double_value(&[])?
-            }
-        };
+        if !fusable {
+            return self.libtorch_step(params, grads, max_norm);
+        }
+        let pass = FusedPass::new(params, grads, &self.exp_avg, &self.exp_avg_sq);
+        let total_norm = pass.grad_norm(self.threads);
         // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), at most 1.
         let grad_scale = if max_norm > 0.0 { (max_norm / (total_norm + 1e-6)).min(1.0) } else { 1.0 };
-        self.step += 1;
         let c = &self.config;
         let bias_correction1 = 1.0 - c.beta1.powi(self.step);
         let bias_correction2 = 1.0 - c.beta2.powi(self.step);
@@ -98,38 +142,56 @@ impl AdamW {
             eps: c.eps as f32,
             step_size: (c.lr / bias_correction1) as f32,
         };
-        match &fused {
-            Some(pass) => {
-                let decays: Vec<f32> = (0..params.len()).map(|i| self.decay_factor(i) as f32).collect();
-                pass.update(self.threads, &decays, k);
-            }
-            None => self.tensor_step(params, grads, grad_scale, k),
+        let decays: Vec<f32> = (0..params.len()).map(|i| self.decay_factor(i) as f32).collect();
+        pass.update(self.threads, &decays, k);
+        Ok(())
+    }
+
+    /// libtorch's foreach clip and fused AdamW, one call per weight-decay group.
+    fn libtorch_step(&mut self, params: &[&Tensor], grads: &[Tensor], max_norm: f64) -> Result<(), Gpt2Error> {
+        if max_norm > 0.0 {
+            let g = pointers(grads);
+            // SAFETY: `g` points at live tensors for the whole call; errors come back as text.
+            libtorch_call("clipping gradients", |error, len| unsafe {
+                baton_clip_grad_norm(g.as_ptr(), g.len(), max_norm, error, len)
+            })?;
         }
-        Ok(total_norm)
+        let c = self.config;
+        for decay in [true, false] {
+            let group: Vec<usize> = (0..params.len()).filter(|&i| self.decays[i] == decay).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let p = pointers(group.iter().map(|&i| params[i]));
+            let g = pointers(group.iter().map(|&i| &grads[i]));
+            let m = pointers(group.iter().map(|&i| &self.exp_avg[i]));
+            let v = pointers(group.iter().map(|&i| &self.exp_avg_sq[i]));
+            let s = pointers(group.iter().map(|&i| &self.steps[i]));
+            let weight_decay = if decay { c.weight_decay } else { 0.0 };
+            // SAFETY: every pointer list holds `group.len()` live tensors for the whole call.
+            libtorch_call("AdamW", |error, len| unsafe {
+                baton_fused_adamw(
+                    p.as_ptr(),
+                    g.as_ptr(),
+                    m.as_ptr(),
+                    v.as_ptr(),
+                    s.as_ptr(),
+                    group.len(),
+                    c.lr,
+                    c.beta1,
+                    c.beta2,
+                    weight_decay,
+                    c.eps,
+                    error,
+                    len,
+                )
+            })?;
+        }
+        Ok(())
     }
 
     fn decay_factor(&self, i: usize) -> f64 {
         if self.decays[i] { 1.0 - self.config.lr * self.config.weight_decay } else { 1.0 }
-    }
-
-    fn tensor_step(&mut self, params: &[&Tensor], grads: &[Tensor], grad_scale: f64, k: Coefficients) {
-        let (beta1, beta2) = (self.config.beta1, self.config.beta2);
-        tch::no_grad(|| {
-            for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-                let g = if grad_scale < 1.0 { g * grad_scale } else { g.shallow_clone() };
-                let (mut p, mut m, mut v) =
-                    (p.shallow_clone(), self.exp_avg[i].shallow_clone(), self.exp_avg_sq[i].shallow_clone());
-                let decay = self.decay_factor(i);
-                if decay != 1.0 {
-                    p *= decay;
-                }
-                let _ = m.lerp_(&g, 1.0 - beta1);
-                v *= beta2;
-                v += &g * &g * (1.0 - beta2);
-                let denom = v.sqrt() * f64::from(k.inv_bias_correction2_sqrt) + f64::from(k.eps);
-                p -= (&m / denom) * f64::from(k.step_size);
-            }
-        });
     }
 }
 
@@ -290,28 +352,93 @@ fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], decay: f32, k:
 mod tests {
     use super::*;
 
-    /// The fused pass agrees with the tensor path (torch's formula spelled out in tensor
-    /// operations) over several steps with clipping and weight decay.
-    #[test]
-    fn fused_matches_tensor_ops() {
+    /// torch.nn.utils.clip_grad_norm_ then torch.optim.AdamW's update, spelled out in
+    /// tensor operations (decay on tensors of 2+ dimensions, as `AdamW::new` decides).
+    struct Reference {
+        m: Vec<Tensor>,
+        v: Vec<Tensor>,
+        step: i32,
+    }
+
+    impl Reference {
+        fn new(params: &[Tensor]) -> Self {
+            Self {
+                m: params.iter().map(Tensor::zeros_like).collect(),
+                v: params.iter().map(Tensor::zeros_like).collect(),
+                step: 0,
+            }
+        }
+
+        fn step(&mut self, params: &[Tensor], grads: &[Tensor], c: AdamWConfig, max_norm: f64) {
+            self.step += 1;
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+            let scale = (max_norm / (total + 1e-6)).min(1.0);
+            let (bc1, bc2) = (1.0 - c.beta1.powi(self.step), 1.0 - c.beta2.powi(self.step));
+            tch::no_grad(|| {
+                for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+                    let g = g * scale;
+                    let mut p = p.shallow_clone();
+                    if p.dim() >= 2 {
+                        p *= 1.0 - c.lr * c.weight_decay;
+                    }
+                    self.m[i] = &self.m[i] * c.beta1 + &g * (1.0 - c.beta1);
+                    self.v[i] = &self.v[i] * c.beta2 + &g * &g * (1.0 - c.beta2);
+                    let denom = (&self.v[i] / bc2).sqrt() + c.eps;
+                    p -= (&self.m[i] / denom) * (c.lr / bc1);
+                }
+            });
+        }
+    }
+
+    /// Runs three steps through `AdamW` (the fused CPU pass, or libtorch's fused kernels
+    /// when `fused_cpu` is false) and through the reference, on a vector (no decay) and a
+    /// matrix (decay), with gradients large enough to be clipped, then small enough not to.
+    fn agrees_with_reference(fused_cpu: bool) {
         tch::manual_seed(0);
         let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let a =
             [Tensor::randn([70_000], (Kind::Float, Device::Cpu)), Tensor::randn([30, 40], (Kind::Float, Device::Cpu))];
         let b: Vec<Tensor> = a.iter().map(|t| t.copy()).collect();
-        let (pa, pb): (Vec<&Tensor>, Vec<&Tensor>) = (a.iter().collect(), b.iter().collect());
-        let mut fused = AdamW::new(&pa, config, 2);
-        let mut plain = AdamW::new(&pb, config, 1);
-        for _ in 0..3 {
-            let grads: Vec<Tensor> = a.iter().map(|t| t.randn_like() * 3.0).collect();
-            let n1 = fused.step(&pa, &grads, 1.0).unwrap();
-            let n2 = plain.step_on(&pb, &grads, 1.0, false).unwrap();
-            assert!((n1 - n2).abs() < 1e-6 * n2, "norms {n1} and {n2}");
-            assert!(n1 > 1.0, "the gradients are clipped");
+        let pa: Vec<&Tensor> = a.iter().collect();
+        let mut adamw = AdamW::new(&pa, config, 2);
+        let mut reference = Reference::new(&b);
+        for scale in [100.0, 0.01, 3.0] {
+            let grads: Vec<Tensor> = a.iter().map(|t| t.randn_like() * scale).collect();
+            reference.step(&b, &grads, config, 1.0);
+            let grads: Vec<Tensor> = grads.iter().map(Tensor::copy).collect();
+            adamw.step_on(&pa, &grads, 1.0, fused_cpu).unwrap();
         }
         for (x, y) in a.iter().zip(&b) {
             let diff = (x - y).abs().max().double_value(&[]);
             assert!(diff < 1e-6, "diff {diff}");
         }
+    }
+
+    #[test]
+    fn fused_cpu_pass_matches_torch() {
+        agrees_with_reference(true);
+    }
+
+    /// The path CUDA takes, run on the CPU (libtorch has both kernels).
+    #[test]
+    fn libtorch_fused_kernels_match_torch() {
+        agrees_with_reference(false);
+    }
+
+    /// Clipping makes a difference in these tests: without it the result is another.
+    #[test]
+    fn the_reference_clips() {
+        tch::manual_seed(0);
+        let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let p = [Tensor::randn([1000], (Kind::Float, Device::Cpu))];
+        let q: Vec<Tensor> = p.iter().map(Tensor::copy).collect();
+        let (mut clipped, mut unclipped) = (Reference::new(&p), Reference::new(&q));
+        for scale in [100.0, 0.01, 3.0] {
+            let g = [p[0].randn_like() * scale];
+            clipped.step(&p, &g, config, 1.0);
+            unclipped.step(&q, &g, config, f64::INFINITY);
+        }
+        assert!((&p[0] - &q[0]).abs().max().double_value(&[]) > 1e-4);
     }
 }

@@ -1,4 +1,4 @@
-//! libtorch's CUDA side that tch does not expose (cpp/cuda.cpp): the caching allocator's
+//! libtorch's CUDA side that tch does not expose (cpp/libtorch.cpp): the caching allocator's
 //! peak and CUDA events. Every call answers `None` where CUDA is not there.
 
 use std::ffi::c_void;
