@@ -10,8 +10,8 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -51,8 +51,34 @@ pub fn tools_path() -> String {
     format!("{}:{}", workspace().join(".tools/bin").display(), std::env::var("PATH").unwrap_or_default())
 }
 
+/// A loopback port nothing listens on, for a server a test is about to start. Not one the
+/// kernel hands out itself: those come from the ephemeral range (32768–60999 by default),
+/// which outgoing connections draw their source ports from too, so one could take the port
+/// between this check and the server's bind (seen: Jaeger's "address already in use" in
+/// CI). Ports come from below that range instead, in turn from a counter (two servers of
+/// one test process never get the same one), each checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    static POOL: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let &(low, size, offset) = POOL.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let ephemeral: Vec<u32> = range.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        let (low, high) = match ephemeral[..] {
+            [first, _] if first >= 10_000 + 4_096 => (10_000, first),
+            [_, last] if last + 4_096 <= 65_535 => (last + 1, 65_536),
+            _ => (20_000, 32_768),
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let seed = std::process::id() ^ now.subsec_nanos();
+        (low, high - low, seed.wrapping_mul(2_654_435_761) % (high - low))
+    });
+    for _ in 0..size {
+        let port = (low + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % size) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{}", low + size)
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -908,6 +934,20 @@ mod tests {
         assert_eq!(base64(b"/baton/leader"), "L2JhdG9uL2xlYWRlcg==");
         for text in ["", "a", "ab", "abc", "http://127.0.0.1:7070"] {
             assert_eq!(unbase64(&base64(text.as_bytes())).as_deref(), Some(text.as_bytes()));
+        }
+    }
+
+    /// Test servers' ports are distinct, free, and not from the range the kernel draws
+    /// outgoing connections' source ports from.
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let ephemeral: Vec<u16> = range.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        if let [low, high] = ephemeral[..] {
+            assert!(ports.iter().all(|p| !(low..=high).contains(p)), "{ports:?} vs ephemeral {low}-{high}");
         }
     }
 }
