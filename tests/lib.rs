@@ -61,11 +61,9 @@ pub fn free_port() -> u16 {
     static POOL: OnceLock<(u32, u32, u32)> = OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let &(low, size, offset) = POOL.get_or_init(|| {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-        let ephemeral: Vec<u32> = range.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        let (low, high) = match ephemeral[..] {
-            [first, _] if first >= 10_000 + 4_096 => (10_000, first),
-            [_, last] if last + 4_096 <= 65_535 => (last + 1, 65_536),
+        let (low, high) = match ephemeral_ports() {
+            Some((first, _)) if first >= 10_000 + 4_096 => (10_000, first),
+            Some((_, last)) if last + 4_096 <= 65_535 => (last + 1, 65_536),
             _ => (20_000, 32_768),
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -79,6 +77,14 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port in {low}..{}", low + size)
+}
+
+/// The kernel's ephemeral port range (first, last), from which it draws outgoing
+/// connections' source ports and port 0's binds.
+fn ephemeral_ports() -> Option<(u32, u32)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = range.split_whitespace().map(|p| p.parse().ok());
+    Some((ports.next()??, ports.next()??))
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -941,13 +947,10 @@ mod tests {
     /// outgoing connections' source ports from.
     #[test]
     fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-        let ephemeral: Vec<u16> = range.split_whitespace().filter_map(|p| p.parse().ok()).collect();
         let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
-        if let [low, high] = ephemeral[..] {
-            assert!(ports.iter().all(|p| !(low..=high).contains(p)), "{ports:?} vs ephemeral {low}-{high}");
-        }
+        let (low, high) = ephemeral_ports().expect("the ephemeral range in /proc");
+        assert!(ports.iter().all(|&p| !(low..=high).contains(&u32::from(p))), "{ports:?} vs ephemeral {low}-{high}");
     }
 }

@@ -12,7 +12,7 @@ use baton_proto::context::JobContext;
 use baton_proto::spec::SpecError;
 use baton_proto::spec::gpt2 as rules;
 use baton_proto::v1::{
-    AdamW as AdamWSpec, Gpt2CudaEventTimes, Gpt2TrainReport, Gpt2TrainSpec, Progress, SyntheticTokens,
+    AdamW as AdamWSpec, Gpt2CudaEventTimes, Gpt2TrainReport, Gpt2TrainSpec, PhaseStats, Progress, SyntheticTokens,
     gpt2_train_spec::Data,
 };
 use std::time::Instant;
@@ -139,8 +139,8 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         losses.push(loss);
         if !warmup {
             times.push(step_ms, data_ms, forward_ms, backward_ms, optimizer_ms);
-            if let Some(e) = event_phases(&marks) {
-                event_times.push(e[0], e[1], e[2], e[3], e[4]);
+            if let Some([step, data, forward, backward, optimizer]) = event_phases(&marks) {
+                event_times.push(step, data, forward, backward, optimizer);
             }
         }
         ctx.report(Progress {
@@ -150,7 +150,7 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         });
     }
 
-    let step = phase_stats(&times.step);
+    let [step, data, forward, backward, optimizer] = times.stats();
     let tokens = f64::from(spec.batch) * f64::from(spec.seq_len);
     let c = &model.config;
     // PaLM's estimate: 6·N per token for the matmuls (N without position embeddings) plus
@@ -167,10 +167,10 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
     Ok(Gpt2TrainReport {
         config: Some(setup::run_config(&model, &name, dtype, &device, spec.seed)),
         spec: Some(spec),
-        data: Some(phase_stats(&times.data)),
-        forward: Some(phase_stats(&times.forward)),
-        backward: Some(phase_stats(&times.backward)),
-        optimizer: Some(phase_stats(&times.optimizer)),
+        data: Some(data),
+        forward: Some(forward),
+        backward: Some(backward),
+        optimizer: Some(optimizer),
         tokens_per_s: tokens / (step.mean_ms / 1000.0),
         step: Some(step),
         flops_per_step,
@@ -181,12 +181,9 @@ pub fn train(spec: &Gpt2TrainSpec, ctx: &JobContext, caps: &Gpt2Capabilities) ->
         peak_memory_bytes,
         peak_memory_source,
         loss: losses,
-        cuda_events: (!event_times.step.is_empty()).then(|| Gpt2CudaEventTimes {
-            step: Some(phase_stats(&event_times.step)),
-            data: Some(phase_stats(&event_times.data)),
-            forward: Some(phase_stats(&event_times.forward)),
-            backward: Some(phase_stats(&event_times.backward)),
-            optimizer: Some(phase_stats(&event_times.optimizer)),
+        cuda_events: (!event_times.step.is_empty()).then(|| {
+            let [step, data, forward, backward, optimizer] = event_times.stats().map(Some);
+            Gpt2CudaEventTimes { step, data, forward, backward, optimizer }
         }),
     })
 }
@@ -238,6 +235,11 @@ impl PhaseTimes {
         self.forward.push(forward);
         self.backward.push(backward);
         self.optimizer.push(optimizer);
+    }
+
+    /// Statistics of step, data, forward, backward and optimizer, in that order.
+    fn stats(&self) -> [PhaseStats; 5] {
+        [&self.step, &self.data, &self.forward, &self.backward, &self.optimizer].map(|ms| phase_stats(ms))
     }
 }
 
