@@ -426,6 +426,20 @@ mod tests {
         agrees_with_reference(false);
     }
 
+    /// libtorch's refusal (integer gradients here) comes back as a one-line error naming the
+    /// step, not a crash.
+    #[test]
+    fn a_libtorch_error_is_reported() {
+        let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let p = [Tensor::zeros([4, 4], (Kind::Float, Device::Cpu))];
+        let mut adamw = AdamW::new(&[&p[0]], config, 1);
+        let wrong = [Tensor::ones([4, 4], (Kind::Int64, Device::Cpu))];
+        for (max_norm, step) in [(1.0, "clipping gradients"), (0.0, "AdamW")] {
+            let err = adamw.step_on(&[&p[0]], &wrong, max_norm, false).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("libtorch: {step}: ")) && !err.contains('\n'), "{err}");
+        }
+    }
+
     /// Clipping makes a difference in these tests: without it the result is another.
     #[test]
     fn the_reference_clips() {
